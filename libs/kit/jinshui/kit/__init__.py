@@ -1,0 +1,1 @@
+"""What every Jinshui service is built from."""

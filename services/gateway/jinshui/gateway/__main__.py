@@ -1,0 +1,3 @@
+from jinshui.gateway.main import build
+
+build().run()

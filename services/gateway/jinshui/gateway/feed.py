@@ -1,0 +1,145 @@
+"""The alert feed: one ordered consumer per gateway process feeding a ring buffer; SSE ids are stream sequences."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from jinshui.contracts import streams
+from jinshui.contracts.streams import Naming
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    seq: int
+    subject: str
+    data: bytes
+
+
+class _Client:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(maxsize=size)
+        self.overflowed = False
+
+
+class AlertFeed:
+    def __init__(self, *, js, naming: Naming, buffer: int, client_queue: int, heartbeat: float) -> None:
+        self.js, self.naming = js, naming
+        self.buffer: deque[FeedItem] = deque(maxlen=buffer)
+        self.client_queue, self.heartbeat = client_queue, heartbeat
+        self._clients: set[_Client] = set()
+        self._sub = None
+        self.stream = naming.stream(streams.RISK)
+        self.subject = naming.subject("risk.alert.>")
+
+    async def start(self) -> None:
+        info = await self.js.stream_info(self.stream)
+        start = max(1, info.state.last_seq - self.buffer.maxlen + 1)
+        self._sub = await self.js.subscribe(
+            self.subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            cb=self._on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on_msg(self, msg) -> None:
+        item = FeedItem(seq=msg.metadata.sequence.stream, subject=msg.subject, data=msg.data)
+        if self.buffer and item.seq <= self.buffer[-1].seq:
+            return
+        self.buffer.append(item)
+        for client in list(self._clients):
+            try:
+                client.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                client.overflowed = True
+                self._clients.discard(client)
+
+    async def _replay(self, after: int, until: int) -> AsyncIterator[FeedItem]:
+        """Items with after < seq < until, read from the stream (older than the buffer)."""
+        sub = await self.js.subscribe(
+            self.subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=2)
+                except Exception:
+                    return
+                seq = msg.metadata.sequence.stream
+                if seq >= until:
+                    return
+                yield FeedItem(seq=seq, subject=msg.subject, data=msg.data)
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def events(self, last_event_id: int | None) -> AsyncIterator[str]:
+        """SSE text: what came after `last_event_id` (from the buffer, or the stream), then live alerts."""
+        client = _Client(self.client_queue)
+        self._clients.add(client)
+        try:
+            sent = last_event_id or 0
+            if last_event_id is not None:
+                first_kept = await self._first_seq()
+                if first_kept is not None and last_event_id + 1 < first_kept:
+                    yield _sse(None, "reset", b'{"reason": "older than the stream keeps; reload the alerts"}')
+                buffered = [i for i in self.buffer if i.seq > last_event_id]
+                oldest_buffered = self.buffer[0].seq if self.buffer else None
+                if oldest_buffered is None or last_event_id + 1 < oldest_buffered:
+                    async for item in self._replay(last_event_id, oldest_buffered or 2**63):
+                        sent = item.seq
+                        yield _sse(item.seq, "alert", item.data)
+                for item in buffered:
+                    if item.seq > sent:
+                        sent = item.seq
+                        yield _sse(item.seq, "alert", item.data)
+            yield ": connected\n\n"
+            while True:
+                try:
+                    item = await asyncio.wait_for(client.queue.get(), self.heartbeat)
+                except TimeoutError:
+                    if client.overflowed:
+                        break
+                    yield ": heartbeat\n\n"
+                    continue
+                if item.seq > sent:
+                    sent = item.seq
+                    yield _sse(item.seq, "alert", item.data)
+                if client.overflowed and client.queue.empty():
+                    break
+            if client.overflowed:
+                yield _sse(None, "reconnect", b'{"reason": "client too slow; reconnect with Last-Event-ID"}')
+        finally:
+            self._clients.discard(client)
+
+    async def _first_seq(self) -> int | None:
+        try:
+            info = await self.js.stream_info(self.stream)
+        except NotFoundError:
+            return None
+        return info.state.first_seq
+
+
+def _sse(seq: int | None, event: str, data: bytes) -> str:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {event}\ndata: {data.decode()}\n\n"

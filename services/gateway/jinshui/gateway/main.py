@@ -1,0 +1,56 @@
+"""Gateway bootstrap: the only door."""
+
+from __future__ import annotations
+
+import httpx
+
+from jinshui.contracts import streams
+from jinshui.gateway import api
+from jinshui.gateway.feed import AlertFeed
+from jinshui.gateway.settings import GatewaySettings
+from jinshui.gateway.submissions import Submissions, open_bucket
+from jinshui.kit.app import Service
+from jinshui.kit.consumer import ConsumerSpec
+from jinshui.kit.tokens import TokenVerifier
+
+
+def build(settings: GatewaySettings | None = None) -> Service:
+    settings = settings or GatewaySettings()
+    svc = Service(name="gateway", settings=settings, uses_db=False)
+    svc.app.state.verifier = TokenVerifier.for_development(settings.jinshui_home)
+    svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
+
+    async def fold(conn, event):
+        await svc.app.state.submissions.fold_settled(conn, event)
+
+    svc.consumer(
+        ConsumerSpec(
+            durable="gateway-submissions",
+            stream=streams.REGISTRY,
+            subjects=[streams.REGISTRY_SUBMISSION_SETTLED],
+            handler=fold,
+        )
+    )
+
+    @svc.on_start
+    async def _open(s: Service) -> None:
+        kv = await open_bucket(s.js, s.naming, "submissions", ttl_seconds=settings.submissions_ttl_seconds)
+        s.app.state.submissions = Submissions(js=s.js, kv=kv, naming=s.naming)
+        feed = AlertFeed(
+            js=s.js,
+            naming=s.naming,
+            buffer=settings.feed_buffer,
+            client_queue=settings.feed_client_queue,
+            heartbeat=settings.feed_heartbeat_seconds,
+        )
+        await feed.start()
+        s.app.state.feed = feed
+
+    @svc.on_stop
+    async def _close(s: Service) -> None:
+        if getattr(s.app.state, "feed", None) is not None:
+            await s.app.state.feed.stop()
+        await s.app.state.http.aclose()
+
+    svc.app.include_router(api.router)
+    return svc

@@ -1,0 +1,101 @@
+"""Submissions: accepted when JetStream has them; their outcome folded into the `submissions` KV bucket."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from jinshui.contracts.envelope import CONTENT_TYPE, CloudEvent, encode, new_event
+from jinshui.contracts.events import OutcomeStatus, SubmissionSettled
+from jinshui.contracts.streams import Naming
+from jinshui.kit import telemetry
+from jinshui.kit.consumer import Permanent
+from jinshui.kit.tokens import Identity
+
+SOURCE = "/jinshui/gateway"
+
+
+def bucket_name(naming: Naming, name: str) -> str:
+    return f"{naming.prefix}_{name}" if naming.prefix else name
+
+
+async def open_bucket(js, naming: Naming, name: str, *, ttl_seconds: int) -> KeyValue:
+    try:
+        return await js.key_value(bucket_name(naming, name))
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket_name(naming, name), ttl=float(ttl_seconds), storage=StorageType.FILE)
+        )
+
+
+class Submissions:
+    def __init__(self, *, js, kv: KeyValue, naming: Naming) -> None:
+        self.js, self.kv, self.naming = js, kv, naming
+
+    async def submit(
+        self,
+        *,
+        caller: Identity,
+        kind: str,
+        event_type: str,
+        subject: str,
+        data: BaseModel,
+        received_at: datetime,
+    ) -> dict[str, Any]:
+        """Write `received`, then publish one INTAKE message; returns the submission's state."""
+        submission_id = data.submission_id  # type: ignore[attr-defined]
+        state = {
+            "submission_id": submission_id,
+            "kind": kind,
+            "submitter": caller.sub,
+            "status": "received",
+            "received_at": received_at.isoformat(),
+            "records": len(data.records),  # type: ignore[attr-defined]
+        }
+        await self.kv.put(submission_id, orjson.dumps(state))
+        event = new_event(type=event_type, source=SOURCE, subject=submission_id, time=received_at, data=data)
+        with telemetry.messaging_span("publish", subject, kind=telemetry.SpanKind.PRODUCER):
+            event = event.model_copy(update={"traceparent": telemetry.current_traceparent()})
+            headers = telemetry.inject({"Nats-Msg-Id": event.id, "Content-Type": CONTENT_TYPE})
+            try:
+                await self.js.publish(self.naming.subject(subject), encode(event), headers=headers, timeout=5)
+            except Exception:
+                await self.kv.delete(submission_id)
+                raise
+        return state
+
+    async def get(self, submission_id: str) -> dict[str, Any] | None:
+        try:
+            entry = await self.kv.get(submission_id)
+        except KeyNotFoundError:
+            return None
+        return orjson.loads(entry.value) if entry.value else None
+
+    async def fold_settled(self, _conn, event: CloudEvent) -> None:
+        """Fold an owner's `submission.settled` into the bucket (a put of the final state: idempotent)."""
+        try:
+            settled = SubmissionSettled.model_validate(event.data)
+        except ValueError as e:
+            raise Permanent(f"not a valid settlement: {e}") from e
+        state = await self.get(settled.submission_id) or {"submission_id": settled.submission_id}
+        applied = sum(1 for o in settled.outcomes if o.status == OutcomeStatus.applied)
+        rejected = len(settled.outcomes) - applied
+        state.update(
+            status="applied" if rejected == 0 else "rejected" if applied == 0 else "partially_applied",
+            applied=applied,
+            rejected=rejected,
+            settled_at=event.time.isoformat(),
+            outcomes=[o.model_dump(mode="json", exclude_none=True) for o in settled.outcomes],
+        )
+        await self.kv.put(settled.submission_id, orjson.dumps(state))
+
+
+def new_submission_id() -> str:
+    return str(uuid.uuid4())

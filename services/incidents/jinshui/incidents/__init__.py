@@ -1,0 +1,1 @@
+"""Incidents: one incident stream from both platforms."""

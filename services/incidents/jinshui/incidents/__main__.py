@@ -1,0 +1,3 @@
+from jinshui.incidents.main import build
+
+build().run()

@@ -1,0 +1,3 @@
+from jinshui.registry.main import build
+
+build().run()

@@ -1,0 +1,1 @@
+"""Risk: joint risk control — alerts for the desk, tasks for grid workers."""

@@ -1,0 +1,3 @@
+from jinshui.risk.main import build
+
+build().run()
