@@ -178,7 +178,7 @@ class InboxConsumer:
                 except Retry as e:
                     await self._forget(conn, ev.id)
                     outcomes.append(self._transient(msg, str(e), e.delay))
-                except (asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError, OSError):
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
                     raise
                 except Exception as e:
                     log.exception("handler failed", extra={"consumer": self.spec.durable, "event_id": ev.id})
