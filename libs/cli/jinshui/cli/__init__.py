@@ -1,0 +1,1 @@
+"""The `jinshui` command: run the stack on one machine, issue development tokens, and the test plugin."""

@@ -1,0 +1,3 @@
+from jinshui.cli.main import main
+
+main()
