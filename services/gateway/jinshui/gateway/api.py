@@ -4,43 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import httpx
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from jinshui.contracts import streams
 from jinshui.contracts.events import MAX_BATCH, Submitter, VisitRecord, VisitsSubmitted
-from jinshui.gateway.auth import authenticate, require
+from jinshui.gateway.idempotency import run_idempotent
+from jinshui.gateway.proxy import forward
+from jinshui.gateway.rbac import ROLES, allowed
 from jinshui.gateway.submissions import new_submission_id
-from jinshui.kit import telemetry
-from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB, ServiceDep
+from jinshui.kit.app import ServiceDep
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
 
 router = APIRouter(prefix="/v1")
-
-# Which role may call which endpoint: the one table the gateway enforces.
-ROLES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("POST", "/v1/visits"): ("grid_worker", "grid_platform"),
-    ("GET", "/v1/submissions/{submission_id}"): (
-        "grid_worker",
-        "grid_platform",
-        "police",
-        "police_platform",
-        "gate_system",
-        "mediator",
-        "community_admin",
-    ),
-    ("POST", "/v1/households"): ("community_admin", "grid_worker"),
-    ("GET", "/v1/households/{code}"): ("police", "grid_worker", "community_admin", "mediator"),
-    ("GET", "/v1/alerts"): ("police",),
-    ("GET", "/v1/alerts/stream"): ("police",),
-}
-
-
-def allowed(method: str, path: str):
-    return Depends(require(*ROLES[(method, path)]))
 
 
 class VisitBatch(BaseModel):
@@ -59,32 +37,61 @@ class Accepted(BaseModel):
 @router.post("/visits", status_code=202, response_model=Accepted)
 async def submit_visits(
     batch: VisitBatch,
+    request: Request,
     svc: ServiceDep,
     caller: Annotated[Identity, allowed("POST", "/v1/visits")],
+    prefer: Annotated[str | None, Header()] = None,
 ):
-    submission_id = new_submission_id()
-    data = VisitsSubmitted(
-        submission_id=submission_id,
-        submitter=Submitter(sub=caller.sub, role=caller.role),
-        received_at=svc.clock.now(),
-        records=batch.visits,
-    )
-    try:
-        state = await svc.app.state.submissions.submit(
+    async def accept() -> Response:
+        data = VisitsSubmitted(
+            submission_id=new_submission_id(),
+            submitter=Submitter(sub=caller.sub, role=caller.role),
+            received_at=svc.clock.now(),
+            records=batch.visits,
+        )
+        return await submit(
+            svc,
             caller=caller,
             kind="visits",
             event_type="org.jinshui.intake.visit.submitted.v1",
             subject=streams.INTAKE_VISITS,
             data=data,
-            received_at=data.received_at,
+            wait=prefer_wait(prefer, svc.settings.prefer_wait_max_seconds),
+        )
+
+    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
+
+
+def prefer_wait(prefer: str | None, cap: float) -> float | None:
+    """`Prefer: wait=N` (RFC 7240): how long the caller will wait for the outcome, capped."""
+    if not prefer:
+        return None
+    for part in prefer.split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, min(float(value.strip().strip('"')), cap))
+            except ValueError:
+                raise Problem(400, f"Prefer: wait must be a number of seconds (got {value!r})") from None
+    return None
+
+
+async def submit(svc, *, caller: Identity, kind: str, event_type: str, subject: str, data, wait: float | None):
+    """Accept a submission once JetStream has it: 202, or with `wait` its outcome when it comes in time."""
+    submissions = svc.app.state.submissions
+    try:
+        state = await submissions.submit(
+            caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, received_at=data.received_at
         )
     except Exception as e:
         raise Problem(503, f"the submission could not be made durable: {e!r}", headers={"Retry-After": "1"}) from e
-    return JSONResponse(
-        Accepted(submission_id=submission_id, status=state["status"], records=state["records"]).model_dump(),
-        status_code=202,
-        headers={"Location": f"/v1/submissions/{submission_id}"},
-    )
+    location = {"Location": f"/v1/submissions/{data.submission_id}"}
+    if wait:
+        settled = await submissions.wait_settled(data.submission_id, timeout=wait)
+        if settled is not None:
+            return JSONResponse(settled, status_code=200, headers={**location, "Preference-Applied": f"wait={wait:g}"})
+    body = Accepted(submission_id=data.submission_id, status=state["status"], records=state["records"])
+    return JSONResponse(body.model_dump(), status_code=202, headers=location)
 
 
 @router.get("/submissions/{submission_id}")
@@ -97,43 +104,6 @@ async def submission(
     if state is None or state.get("submitter") != caller.sub:
         raise Problem(404, f"no submission {submission_id} of yours")
     return state
-
-
-async def forward(request: Request, svc, caller: Identity, base_url: str, path: str) -> Response:
-    """Pass a call on to the owning service with the caller's identity and the trace context."""
-    headers = telemetry.inject({IDENTITY_SUB: caller.sub, IDENTITY_ROLE: caller.role, IDENTITY_NAME: caller.name})
-    if ct := request.headers.get("content-type"):
-        headers["content-type"] = ct
-    client: httpx.AsyncClient = svc.app.state.http
-    try:
-        upstream = await client.request(
-            request.method,
-            base_url.rstrip("/") + path,
-            params=request.query_params,
-            content=await request.body(),
-            headers=headers,
-        )
-    except httpx.HTTPError as e:
-        raise Problem(503, f"the owning service did not answer: {e!r}", headers={"Retry-After": "1"}) from e
-    passed = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "location", "retry-after")}
-    return Response(upstream.content, status_code=upstream.status_code, headers=passed)
-
-
-@router.post("/households", status_code=201)
-async def register_household(
-    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/households")]
-):
-    return await forward(request, svc, caller, svc.settings.registry_url, "/v1/households")
-
-
-@router.get("/households/{code}")
-async def household(
-    code: str,
-    request: Request,
-    svc: ServiceDep,
-    caller: Annotated[Identity, allowed("GET", "/v1/households/{code}")],
-):
-    return await forward(request, svc, caller, svc.settings.registry_url, f"/v1/households/{code}")
 
 
 @router.get("/alerts")
@@ -163,4 +133,4 @@ async def alert_stream(
     )
 
 
-__all__ = ["ROLES", "authenticate", "router"]
+__all__ = ["ROLES", "router"]

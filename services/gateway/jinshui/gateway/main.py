@@ -5,20 +5,24 @@ from __future__ import annotations
 import httpx
 
 from jinshui.contracts import streams
-from jinshui.gateway import api
+from jinshui.gateway import api, registry_routes
+from jinshui.gateway.auth import verifier_from_settings
+from jinshui.gateway.door import DoorMiddleware, RateLimiter
 from jinshui.gateway.feed import AlertFeed
+from jinshui.gateway.idempotency import Idempotency
 from jinshui.gateway.settings import GatewaySettings
 from jinshui.gateway.submissions import Submissions, open_bucket
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.kit.tokens import TokenVerifier
 
 
 def build(settings: GatewaySettings | None = None) -> Service:
     settings = settings or GatewaySettings()
     svc = Service(name="gateway", settings=settings, uses_db=False)
-    svc.app.state.verifier = TokenVerifier.for_development(settings.jinshui_home)
+    svc.app.state.verifier = verifier_from_settings(settings)
     svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
+    svc.app.state.rate_limiter = RateLimiter(settings.rate_limits, default=settings.rate_limit_default)
+    svc.app.add_middleware(DoorMiddleware, max_body_bytes=settings.max_body_bytes)
 
     async def fold(conn, event):
         await svc.app.state.submissions.fold_settled(conn, event)
@@ -36,6 +40,8 @@ def build(settings: GatewaySettings | None = None) -> Service:
     async def _open(s: Service) -> None:
         kv = await open_bucket(s.js, s.naming, "submissions", ttl_seconds=settings.submissions_ttl_seconds)
         s.app.state.submissions = Submissions(js=s.js, kv=kv, naming=s.naming)
+        keys = await open_bucket(s.js, s.naming, "idempotency", ttl_seconds=settings.idempotency_ttl_seconds)
+        s.app.state.idempotency = Idempotency(keys, lease_seconds=settings.idempotency_lease_seconds)
         feed = AlertFeed(
             js=s.js,
             naming=s.naming,
@@ -53,4 +59,5 @@ def build(settings: GatewaySettings | None = None) -> Service:
         await s.app.state.http.aclose()
 
     svc.app.include_router(api.router)
+    svc.app.include_router(registry_routes.router)
     return svc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -77,6 +79,20 @@ class Submissions:
         except KeyNotFoundError:
             return None
         return orjson.loads(entry.value) if entry.value else None
+
+    async def wait_settled(self, submission_id: str, *, timeout: float) -> dict[str, Any] | None:
+        """The settled state, if it comes within `timeout` seconds (polls the bucket with a growing interval)."""
+        deadline = time.monotonic() + timeout
+        interval = 0.005
+        while True:
+            state = await self.get(submission_id)
+            if state is not None and state.get("status") != "received":
+                return state
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 2, 0.1)
 
     async def fold_settled(self, _conn, event: CloudEvent) -> None:
         """Fold an owner's `submission.settled` into the bucket (a put of the final state: idempotent)."""

@@ -1,0 +1,130 @@
+"""Idempotency keys (IETF draft semantics) on submitting POSTs, claimed in a KV bucket with a lease."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from jinshui.kit.problems import Problem
+from jinshui.kit.tokens import Identity
+
+HEADER = "Idempotency-Key"
+INTEGRATION_CLIENTS = ("grid_platform", "police_platform", "gate_system")
+MAX_KEY_LENGTH = 255
+
+
+class Idempotency:
+    """The key is (caller, method, path, Idempotency-Key); the body's hash decides replay (same) or 422."""
+
+    def __init__(self, kv: KeyValue, *, lease_seconds: float = 30.0) -> None:
+        self.kv, self.lease_seconds = kv, lease_seconds
+
+    @staticmethod
+    def _kv_key(caller: Identity, request: Request, key: str) -> str:
+        raw = "\x1f".join((caller.sub, request.method, request.url.path, key))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    async def run(self, request: Request, caller: Identity, handler: Callable[[], Awaitable[Response]]) -> Response:
+        """Run `handler` at most once per key; replay its answer for the same body."""
+        key = request.headers.get(HEADER)
+        if key is None:
+            if caller.role in INTEGRATION_CLIENTS:
+                raise Problem(
+                    400, f"the {HEADER} header is required for integration clients", type="idempotency-key-missing"
+                )
+            return await handler()
+        key = key.strip().strip('"')
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise Problem(400, f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters", type="idempotency-key-invalid")
+        kv_key = self._kv_key(caller, request, key)
+        body_hash = hashlib.sha256(await request.body()).hexdigest()
+        revision = await self._claim(kv_key, body_hash)
+        try:
+            response = await handler()
+        except BaseException:
+            await self._release(kv_key, revision)
+            raise
+        if response.status_code >= 500:
+            await self._release(kv_key, revision)
+            return response
+        done = {
+            "state": "done",
+            "body_hash": body_hash,
+            "status": response.status_code,
+            "body": response.body.decode(),
+            "headers": {k: v for k, v in response.headers.items() if k.lower() in ("location", "content-type")},
+        }
+        try:
+            await self.kv.update(kv_key, orjson.dumps(done), last=revision)
+        except KeyWrongLastSequenceError:
+            pass  # our lease ran out and another request took the key over; its answer will be kept
+        return response
+
+    async def _claim(self, kv_key: str, body_hash: str) -> int:
+        claim = orjson.dumps(
+            {"state": "in_flight", "body_hash": body_hash, "lease_until": time.time() + self.lease_seconds}
+        )
+        try:
+            return await self.kv.create(kv_key, claim)
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(kv_key)
+        except KeyNotFoundError:
+            return await self._claim(kv_key, body_hash)
+        state: dict[str, Any] = orjson.loads(entry.value)
+        if state.get("body_hash") != body_hash:
+            raise Problem(
+                422,
+                f"this {HEADER} was used with another request body",
+                type="idempotency-key-reused",
+            )
+        if state.get("state") == "done":
+            raise _Replay(state)
+        if state.get("lease_until", 0) < time.time():
+            try:
+                return await self.kv.update(kv_key, claim, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                pass
+        raise Problem(
+            409,
+            f"a request with this {HEADER} is still in flight",
+            type="idempotency-key-in-flight",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _release(self, kv_key: str, revision: int) -> None:
+        try:
+            await self.kv.delete(kv_key, last=revision)
+        except Exception:
+            pass  # the lease expires on its own
+
+
+class _Replay(Exception):
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+def replay_response(state: dict[str, Any]) -> Response:
+    headers = dict(state.get("headers", {}))
+    headers["Idempotent-Replayed"] = "true"
+    media = headers.pop("content-type", "application/json")
+    return Response(state["body"].encode(), status_code=state["status"], headers=headers, media_type=media)
+
+
+async def run_idempotent(idem: Idempotency, request: Request, caller: Identity, handler) -> Response:
+    try:
+        return await idem.run(request, caller, handler)
+    except _Replay as r:
+        return replay_response(r.state)
+
+
+__all__ = ["HEADER", "INTEGRATION_CLIENTS", "Idempotency", "JSONResponse", "run_idempotent"]

@@ -1,0 +1,32 @@
+"""Calls a person waits for go on to the owning service, with the caller's identity and the trace context."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response
+
+from jinshui.kit import telemetry
+from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB
+from jinshui.kit.problems import Problem
+from jinshui.kit.tokens import Identity
+
+
+async def forward(request: Request, svc, caller: Identity, base_url: str, path: str) -> Response:
+    """Pass a call on to the owning service with the caller's identity and the trace context."""
+    headers = telemetry.inject({IDENTITY_SUB: caller.sub, IDENTITY_ROLE: caller.role, IDENTITY_NAME: caller.name})
+    if ct := request.headers.get("content-type"):
+        headers["content-type"] = ct
+    client: httpx.AsyncClient = svc.app.state.http
+    try:
+        upstream = await client.request(
+            request.method,
+            base_url.rstrip("/") + path,
+            params=request.query_params,
+            content=await request.body(),
+            headers=headers,
+        )
+    except httpx.HTTPError as e:
+        raise Problem(503, f"the owning service did not answer: {e!r}", headers={"Retry-After": "1"}) from e
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "location", "retry-after")}
+    return Response(upstream.content, status_code=upstream.status_code, headers=passed)

@@ -1,0 +1,39 @@
+"""Which role may call which endpoint: the one table the gateway enforces (tests walk all of it)."""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from jinshui.gateway.auth import require
+from jinshui.kit.tokens import Identity
+
+SUBMITTERS_READ = (
+    "grid_worker",
+    "grid_platform",
+    "police",
+    "police_platform",
+    "gate_system",
+    "mediator",
+    "community_admin",
+)
+
+ROLES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", "/v1/visits"): ("grid_worker", "grid_platform"),
+    ("GET", "/v1/submissions/{submission_id}"): SUBMITTERS_READ,
+    ("POST", "/v1/households"): ("community_admin", "grid_worker"),
+    ("GET", "/v1/households/{code}"): ("police", "grid_worker", "community_admin", "mediator"),
+    ("GET", "/v1/alerts"): ("police",),
+    ("GET", "/v1/alerts/stream"): ("police",),
+}
+
+
+def allowed(method: str, path: str):
+    """The dependency for one endpoint: authenticated, a role the table admits, within the role's rate."""
+    check_role = require(*ROLES[(method, path)])
+
+    def dependency(request: Request) -> Identity:
+        identity = check_role(request)
+        request.app.state.rate_limiter.check(sub=identity.sub, role=identity.role)
+        return identity
+
+    return Depends(dependency)
