@@ -23,6 +23,7 @@ from jinshui.kit.consumer import ConsumerSpec, InboxConsumer
 from jinshui.kit.outbox import OutboxRelay
 from jinshui.kit.problems import Problem
 from jinshui.kit.settings import ServiceSettings
+from jinshui.kit.timers import TimerHandler, TimerLoop
 from jinshui.kit.tokens import Identity
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Service:
         self.relay: OutboxRelay | None = None
         self.consumers: list[InboxConsumer] = []
         self._specs: list[ConsumerSpec] = []
+        self._timer_handlers: dict[str, TimerHandler] = {}
+        self.timer_loop: TimerLoop | None = None
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._tasks: list[asyncio.Task] = []
@@ -70,6 +73,10 @@ class Service:
         spec.max_deliver = self.settings.consumer_max_deliver
         spec.max_ack_pending = self.settings.consumer_max_ack_pending
         self._specs.append(spec)
+
+    def timer(self, kind: str, handler: TimerHandler) -> None:
+        """Fire `handler(conn, timer, now)` for each due timer of `kind` (see jinshui.kit.timers.schedule)."""
+        self._timer_handlers[kind] = handler
 
     def on_start(self, hook: Hook) -> Hook:
         self._on_start.append(hook)
@@ -121,6 +128,9 @@ class Service:
             self.spawn(consumer.run(), name=f"consumer-{consumer.spec.durable}")
         if self.relay is not None:
             self.spawn(self.relay.run(), name="outbox-relay")
+        if self._timer_handlers:
+            self.timer_loop = TimerLoop(pool=self.pool, clock=self.clock, handlers=self._timer_handlers)
+            self.spawn(self.timer_loop.run(), name="timers")
         self.boot_error = None
         self._ready = True
         log.info("ready", extra={"service": self.name})
@@ -160,6 +170,8 @@ class Service:
             consumer.stop()
         if self.relay is not None:
             self.relay.stop()
+        if self.timer_loop is not None:
+            self.timer_loop.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=5)
             for task in pending:
