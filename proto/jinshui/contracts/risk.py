@@ -1,11 +1,17 @@
-"""Risk contracts: alerts for the desk (and, to come, tasks, ledger, profiles)."""
+"""Risk contracts: alerts for the desk, gate sightings and watch-lists (and, to come, tasks, ledger, profiles)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from jinshui.contracts.base import AreaCode, Contract, HouseholdCode
+from pydantic import Field, StringConstraints, model_validator
+
+from jinshui.contracts.base import MAX_BATCH, AreaCode, Contract, HouseholdCode, SubmissionSettled, Submitter
+
+Plate = Annotated[str, StringConstraints(min_length=2, max_length=16, pattern=r"^[0-9A-Za-z\u4e00-\u9fff·.\- ]+$")]
+KeyedHash = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 
 
 class AlertLevel(StrEnum):
@@ -34,6 +40,86 @@ class AlertRaised(Contract):
     raised_at: datetime
 
 
+class AlertStatus(StrEnum):
+    raised = "raised"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+    dismissed = "dismissed"
+
+
+class AlertChanged(Contract):
+    """An alert moved on (acknowledged, resolved, dismissed), escalated, or gained evidence."""
+
+    alert_id: str
+    rule: str
+    level: AlertLevel
+    status: AlertStatus
+    grid: AreaCode
+    beat: AreaCode
+    by: str | None = None
+    reason: str | None = None
+    attention: int = 0
+    evidence: list[Evidence] = Field(default_factory=list)
+    at: datetime
+
+
+def normalize_plate(plate: str) -> str:
+    """Plates compare without spaces, dots or dashes, upper-cased (京A·12345 == 京a12345)."""
+    return "".join(c for c in plate.upper() if c not in " .·-")
+
+
+class SightingRecord(Contract):
+    """One sighting at an estate gate: a plate, or a person (by keyed hash, made at the door), or both."""
+
+    gate: AreaCode
+    seen_at: datetime
+    plate: Plate | None = None
+    person_hash: KeyedHash | None = None
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _something_seen(self) -> SightingRecord:
+        if self.plate is None and self.person_hash is None:
+            raise ValueError("a sighting needs a plate or a person")
+        return self
+
+
+class SightingsSubmitted(Contract):
+    """A batch of gate sightings accepted at the door (SIGHTINGS, short retention)."""
+
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[SightingRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class WatchKind(StrEnum):
+    plate = "plate"
+    person = "person"
+
+
+class WatchEntryChanged(Contract):
+    """A watch-list entry was added or removed (police only)."""
+
+    entry_id: str
+    kind: WatchKind
+    masked: str
+    level: AlertLevel
+    reason: str
+    expires_at: datetime | None = None
+    active: bool
+    by: str
+    at: datetime
+
+
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.risk.alert.raised.v1": AlertRaised,
+    "org.jinshui.risk.alert.acknowledged.v1": AlertChanged,
+    "org.jinshui.risk.alert.resolved.v1": AlertChanged,
+    "org.jinshui.risk.alert.dismissed.v1": AlertChanged,
+    "org.jinshui.risk.alert.escalated.v1": AlertChanged,
+    "org.jinshui.risk.alert.evidence_added.v1": AlertChanged,
+    "org.jinshui.risk.watch_entry.changed.v1": WatchEntryChanged,
+    "org.jinshui.risk.submission.settled.v1": SubmissionSettled,
+    "org.jinshui.sightings.batch.submitted.v1": SightingsSubmitted,
 }

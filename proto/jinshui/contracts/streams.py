@@ -55,6 +55,10 @@ REGISTRY_HOUSEHOLD_REGISTERED = "registry.household.registered"
 REGISTRY_VISIT_RECORDED = "registry.visit.recorded"
 REGISTRY_SUBMISSION_SETTLED = "registry.submission.settled"
 RISK_ALERT_RAISED = "risk.alert.raised"
+RISK_ALERT = "risk.alert"  # risk.alert.<verb>.<beat>
+RISK_WATCH_ENTRY_CHANGED = "risk.watch_entry.changed"
+RISK_SUBMISSION_SETTLED = "risk.submission.settled"
+SIGHTINGS_SUBMITTED = "sightings.batch.submitted"
 DLQ_PREFIX = "dlq"
 
 

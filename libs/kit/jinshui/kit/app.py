@@ -176,6 +176,8 @@ class Service:
             _, pending = await asyncio.wait(self._tasks, timeout=5)
             for task in pending:
                 task.cancel()
+        for consumer in self.consumers:
+            await consumer.close()
         for hook in self._on_stop:
             with contextlib.suppress(Exception):
                 await hook(self)

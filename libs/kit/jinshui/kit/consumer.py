@@ -116,6 +116,13 @@ class InboxConsumer:
     def stop(self) -> None:
         self._stopping = True
 
+    async def close(self) -> None:
+        """Unsubscribe once the loop has stopped, so that draining the connection has nothing left to wait on."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
     async def handle_batch(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
         outcomes: list[_Outcome] = []

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from jinshui.contracts import streams
 from jinshui.contracts.events import MAX_BATCH, Submitter, VisitRecord, VisitsSubmitted
 from jinshui.gateway.idempotency import run_idempotent
-from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import ROLES, allowed
 from jinshui.gateway.submissions import new_submission_id
 from jinshui.kit.app import ServiceDep
@@ -42,24 +41,16 @@ async def submit_visits(
     caller: Annotated[Identity, allowed("POST", "/v1/visits")],
     prefer: Annotated[str | None, Header()] = None,
 ):
-    async def accept() -> Response:
-        data = VisitsSubmitted(
-            submission_id=new_submission_id(),
-            submitter=Submitter(sub=caller.sub, role=caller.role),
-            received_at=svc.clock.now(),
-            records=batch.visits,
-        )
-        return await submit(
-            svc,
-            caller=caller,
-            kind="visits",
-            event_type="org.jinshui.intake.visit.submitted.v1",
-            subject=streams.INTAKE_VISITS,
-            data=data,
-            wait=prefer_wait(prefer, svc.settings.prefer_wait_max_seconds),
-        )
-
-    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
+    return await accept_submission(
+        request,
+        svc,
+        caller,
+        prefer,
+        kind="visits",
+        event_type="org.jinshui.intake.visit.submitted.v1",
+        subject=streams.INTAKE_VISITS,
+        make=lambda keyring, **head: VisitsSubmitted(**head, records=batch.visits),
+    )
 
 
 def prefer_wait(prefer: str | None, cap: float) -> float | None:
@@ -74,6 +65,25 @@ def prefer_wait(prefer: str | None, cap: float) -> float | None:
             except ValueError:
                 raise Problem(400, f"Prefer: wait must be a number of seconds (got {value!r})") from None
     return None
+
+
+async def accept_submission(
+    request: Request, svc, caller: Identity, prefer: str | None, *, kind: str, event_type: str, subject: str, make
+) -> Response:
+    """The whole submitting path: idempotency key, `make(submission_id=, submitter=, received_at=, keyring=)`
+    builds the contract, one message once durable (202), or the outcome within `Prefer: wait`."""
+
+    async def accept() -> Response:
+        data = make(
+            submission_id=new_submission_id(),
+            submitter=Submitter(sub=caller.sub, role=caller.role),
+            received_at=svc.clock.now(),
+            keyring=getattr(svc.app.state, "keyring", None),
+        )
+        wait = prefer_wait(prefer, svc.settings.prefer_wait_max_seconds)
+        return await submit(svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, wait=wait)
+
+    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
 
 
 async def submit(svc, *, caller: Identity, kind: str, event_type: str, subject: str, data, wait: float | None):
@@ -104,11 +114,6 @@ async def submission(
     if state is None or state.get("submitter") != caller.sub:
         raise Problem(404, f"no submission {submission_id} of yours")
     return state
-
-
-@router.get("/alerts")
-async def alerts(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/alerts")]):
-    return await forward(request, svc, caller, svc.settings.risk_url, "/v1/alerts")
 
 
 @router.get("/alerts/stream")

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+from pydantic import Field
+
 from jinshui.kit.settings import ServiceSettings
 
 
 class RiskSettings(ServiceSettings):
     service_name: str = "risk"
     http_port: int = 8003
+    # A HIGH alert nobody acknowledges within this time escalates.
+    escalate_after_seconds: float = Field(default=300, gt=0)
+    # A sighting later than now by more than this is refused (gate clocks drift a little).
+    sighting_future_tolerance_seconds: float = Field(default=300, ge=0)

@@ -1,0 +1,204 @@
+"""Risk endpoints at the door: alerts and their commands, gates, watch-lists (forwarded to risk), sightings
+(submitted on the SIGHTINGS stream, person IDs turned into keyed hashes first)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from jinshui.contracts import streams
+from jinshui.contracts.base import MAX_BATCH, AreaCode
+from jinshui.contracts.risk import AlertLevel, Plate, SightingRecord, SightingsSubmitted, WatchKind
+from jinshui.gateway.api import accept_submission
+from jinshui.gateway.proxy import forward
+from jinshui.gateway.rbac import allowed
+from jinshui.kit.app import ServiceDep
+from jinshui.kit.pii import IdNumber, mask_id_number
+from jinshui.kit.tokens import Identity
+
+router = APIRouter(prefix="/v1")
+
+
+async def _to_risk(request: Request, svc, caller: Identity, path: str, *, body: bytes | None = None):
+    return await forward(request, svc, caller, svc.settings.risk_url, path, body=body)
+
+
+@router.get("/alerts")
+async def alerts(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/alerts")]):
+    return await _to_risk(request, svc, caller, "/v1/alerts")
+
+
+@router.get("/alerts/{alert_id}")
+async def alert(
+    alert_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/alerts/{alert_id}")],
+):
+    return await _to_risk(request, svc, caller, f"/v1/alerts/{alert_id}")
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+@router.post("/alerts/{alert_id}/acknowledge")
+async def acknowledge(
+    alert_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/alerts/{alert_id}/acknowledge")],
+    body: Reason | None = None,
+):
+    return await _to_risk(request, svc, caller, f"/v1/alerts/{alert_id}/acknowledge")
+
+
+@router.post("/alerts/{alert_id}/resolve")
+async def resolve(
+    alert_id: str,
+    body: Reason,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/alerts/{alert_id}/resolve")],
+):
+    return await _to_risk(request, svc, caller, f"/v1/alerts/{alert_id}/resolve")
+
+
+@router.post("/alerts/{alert_id}/dismiss")
+async def dismiss(
+    alert_id: str,
+    body: Reason,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/alerts/{alert_id}/dismiss")],
+):
+    return await _to_risk(request, svc, caller, f"/v1/alerts/{alert_id}/dismiss")
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: AreaCode
+    name: str = Field(min_length=1, max_length=100)
+    grid: AreaCode
+    beat: AreaCode
+
+
+@router.post("/gates", status_code=201)
+async def add_gate(
+    body: Gate, request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/gates")]
+):
+    return await _to_risk(request, svc, caller, "/v1/gates")
+
+
+@router.get("/gates")
+async def gates(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/gates")]):
+    return await _to_risk(request, svc, caller, "/v1/gates")
+
+
+class WatchEntryIn(BaseModel):
+    """A plate, or a person by ID number (kept by risk only as a keyed hash and a mask)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: WatchKind
+    plate: Plate | None = None
+    id_number: IdNumber | None = None
+    level: AlertLevel
+    reason: str = Field(min_length=1, max_length=500)
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _key_for_kind(self) -> WatchEntryIn:
+        if self.kind == WatchKind.plate and (self.plate is None or self.id_number is not None):
+            raise ValueError("a plate entry takes `plate` (and no id_number)")
+        if self.kind == WatchKind.person and (self.id_number is None or self.plate is not None):
+            raise ValueError("a person entry takes `id_number` (and no plate)")
+        return self
+
+
+@router.post("/watchlists", status_code=201)
+async def add_watch_entry(
+    body: WatchEntryIn,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/watchlists")],
+):
+    forwarded = body.model_dump(mode="json", exclude={"id_number"}, exclude_none=True)
+    if body.id_number is not None:
+        forwarded["person_hash"] = svc.app.state.keyring.lookup_hash("id_number", body.id_number)
+        forwarded["masked"] = mask_id_number(body.id_number)
+    return await _to_risk(request, svc, caller, "/v1/watchlists", body=orjson.dumps(forwarded))
+
+
+@router.get("/watchlists")
+async def watch_entries(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/watchlists")]
+):
+    return await _to_risk(request, svc, caller, "/v1/watchlists")
+
+
+@router.delete("/watchlists/{entry_id}")
+async def remove_watch_entry(
+    entry_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("DELETE", "/v1/watchlists/{entry_id}")],
+):
+    return await _to_risk(request, svc, caller, f"/v1/watchlists/{entry_id}")
+
+
+class SightingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gate: AreaCode
+    seen_at: datetime
+    plate: Plate | None = None
+    id_number: IdNumber | None = None
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _something_seen(self) -> SightingIn:
+        if self.plate is None and self.id_number is None:
+            raise ValueError("a sighting needs a plate or an id_number")
+        return self
+
+
+class Sightings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sightings: list[SightingIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@router.post("/sightings", status_code=202)
+async def submit_sightings(
+    batch: Sightings,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/sightings")],
+    prefer: Annotated[str | None, Header()] = None,
+):
+    def make(*, keyring, **head) -> SightingsSubmitted:
+        records = [
+            SightingRecord(
+                gate=s.gate,
+                seen_at=s.seen_at,
+                plate=s.plate,
+                person_hash=keyring.lookup_hash("id_number", s.id_number) if s.id_number else None,
+                confidence=s.confidence,
+            )
+            for s in batch.sightings
+        ]
+        return SightingsSubmitted(**head, records=records)
+
+    return await accept_submission(
+        request,
+        svc,
+        caller,
+        prefer,
+        kind="sightings",
+        event_type="org.jinshui.sightings.batch.submitted.v1",
+        subject=streams.SIGHTINGS_SUBMITTED,
+        make=make,
+    )
