@@ -181,3 +181,47 @@ async def test_a_sighting_needs_something_seen_and_a_watch_entry_its_key(desk):
         headers=desk.auth("police"),
     )
     assert r.status_code == 422
+
+
+async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, service_env, tmp_path):
+    from jinshui.risk.rules import DEFAULT_RULES
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    s = await stack(services=("registry", "risk", "gateway"), env_overrides={"RULES_FILE": str(rules)})
+    desk = Desk(s, service_env)
+    admin = desk.auth("community_admin")
+    await desk.household("R1")
+    await desk.household("R2")
+    rules.write_text(rules.read_text().replace("version: 1", "version: 2").replace("level: HIGH", "level: URGENT"))
+    r = await desk.http.post("/v1/rules/reload", headers=admin)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    assert "rules.0.effects.0.alert.level" in r.json()["detail"] and r.json()["version_in_force"] == 1
+    async with desk.stream() as sse:
+        await desk.urgent_visit("R1")
+        raised = (await eventually(lambda: of_type(sse, "raised"), what="alert under the old rules"))[0]["data"]
+        assert raised["level"] == "HIGH" and "rules v1" in raised["explanation"]
+
+        extra = """
+  - id: welfare-follow-up
+    events: [org.jinshui.registry.visit.recorded.v1]
+    when:
+      - {field: concerns, contains: welfare_need}
+    effects:
+      - alert: {level: LOW, subject: household_code, explanation: "welfare need at {household_code}"}
+"""
+        rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8").replace("version: 1", "version: 2") + extra)
+        r = await desk.http.post("/v1/rules/reload", headers=admin)
+        assert r.status_code == 200 and r.json()["version"] == 2
+        visit = {"household_code": "R2", "visited_at": datetime.now(UTC).isoformat(), "concerns": ["welfare_need"]}
+        r = await desk.http.post(
+            "/v1/visits", json={"visits": [visit]}, headers={**desk.auth("grid_worker"), "Prefer": "wait=20"}
+        )
+        assert r.status_code == 200
+        low = await eventually(
+            lambda: [a for a in of_type(sse, "raised") if a["data"]["rule"] == "welfare-follow-up"], what="new rule"
+        )
+        assert low[0]["data"]["level"] == "LOW" and "rules v2" in low[0]["data"]["explanation"]
+    shown = (await desk.http.get("/v1/rules", headers=desk.auth("police"))).json()
+    assert shown["version"] == 2 and shown["last_error"] is None
+    await desk.http.aclose()

@@ -202,3 +202,15 @@ async def submit_sightings(
         subject=streams.SIGHTINGS_SUBMITTED,
         make=make,
     )
+
+
+@router.get("/rules")
+async def rules(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/rules")]):
+    return await _to_risk(request, svc, caller, "/v1/rules")
+
+
+@router.post("/rules/reload")
+async def reload_rules(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/rules/reload")]
+):
+    return await _to_risk(request, svc, caller, "/v1/rules/reload")

@@ -17,6 +17,7 @@ from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.problems import Problem
 from jinshui.risk import alerts
 from jinshui.risk.alerts import SOURCE, derived_id
+from jinshui.risk.rules import RuleBook, RuleFileError
 
 router = APIRouter(prefix="/v1")
 ALERT_COLUMNS = (
@@ -234,3 +235,23 @@ async def _watch_event(conn, row, *, active: bool, by: str, at: datetime) -> Non
         data=data,
     )
     await outbox.add(conn, event=event, subject=streams.RISK_WATCH_ENTRY_CHANGED)
+
+
+@router.get("/rules")
+async def rules_in_force(svc: ServiceDep, caller: CallerDep):
+    return svc.app.state.rules.describe()
+
+
+@router.post("/rules/reload")
+async def reload_rules(svc: ServiceDep, caller: CallerDep):
+    """Load the rules file now; a file that fails validation is refused with where, and the old rules stay."""
+    book: RuleBook = svc.app.state.rules
+    try:
+        book.reload()
+    except RuleFileError as e:
+        raise Problem(
+            422, str(e), type="rules-refused", title="The rules file was refused", version_in_force=book.version
+        ) from e
+    except OSError as e:
+        raise Problem(422, f"the rules file cannot be read: {e}", type="rules-refused") from e
+    return book.describe()

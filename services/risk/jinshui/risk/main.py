@@ -10,6 +10,7 @@ from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
 from jinshui.risk import alerts, api, handlers, sightings
+from jinshui.risk.rules import DEFAULT_RULES, RuleBook
 from jinshui.risk.settings import RiskSettings
 
 
@@ -17,14 +18,13 @@ def build(settings: RiskSettings | None = None) -> Service:
     settings = settings or RiskSettings()
     svc = Service(name="risk", settings=settings, migrations=Path(__file__).parent / "migrations")
     escalate_after = timedelta(seconds=settings.escalate_after_seconds)
-    svc.consumer(
-        ConsumerSpec(
-            durable="risk-visits",
-            stream=streams.REGISTRY,
-            subjects=[streams.REGISTRY_VISIT_RECORDED + ".>"],
-            handler=partial(handlers.on_visit_recorded, escalate_after=escalate_after),
-        )
-    )
+    book = RuleBook(settings.rules_file or DEFAULT_RULES)
+    book.reload()  # a service never starts on a rule file it refuses
+    svc.app.state.rules = book
+    on_event = partial(handlers.on_event, book=book, escalate_after=escalate_after)
+    for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
+        prefix = stream.subjects[0]
+        svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[prefix], handler=on_event))
     svc.consumer(
         ConsumerSpec(
             durable="risk-sightings",

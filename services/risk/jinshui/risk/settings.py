@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from jinshui.kit.settings import ServiceSettings
@@ -12,3 +14,5 @@ class RiskSettings(ServiceSettings):
     escalate_after_seconds: float = Field(default=300, gt=0)
     # A sighting later than now by more than this is refused (gate clocks drift a little).
     sighting_future_tolerance_seconds: float = Field(default=300, ge=0)
+    # The rules file (YAML); the one shipped with the service unless set.
+    rules_file: Path | None = None
