@@ -225,3 +225,40 @@ async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, se
     shown = (await desk.http.get("/v1/rules", headers=desk.auth("police"))).json()
     assert shown["version"] == 2 and shown["last_error"] is None
     await desk.http.aclose()
+
+
+async def test_the_loop_closes_itself_alert_task_visit_task_done_alert_resolved(desk):
+    admin = desk.auth("community_admin")
+    for path, body in (
+        ("/v1/beats", {"code": "B1", "name": "金水警格"}),
+        ("/v1/grids", {"code": "G01", "name": "第一网格", "beat": "B1"}),
+        ("/v1/assignments", {"person": "gw-9", "role": "grid_worker", "area": "G01"}),
+    ):
+        r = await desk.http.post(path, json=body, headers=admin)
+        assert r.status_code == 201, r.text
+    await desk.household("L1")
+    worker = {**desk.auth("grid_worker", sub="gw-9"), "Prefer": "wait=20"}
+    async with desk.stream() as sse:
+        visit = {"household_code": "L1", "visited_at": datetime.now(UTC).isoformat(), "concerns": ["welfare_need"]}
+        r = await desk.http.post("/v1/visits", json={"visits": [visit]}, headers=worker)
+        assert r.status_code == 200, r.text
+        raised = (await eventually(lambda: of_type(sse, "raised"), what="welfare alert"))[0]["data"]
+        assert raised["rule"] == "welfare-need" and raised["level"] == "LOW"
+
+        async def open_tasks(sub: str):
+            r = await desk.http.get("/v1/tasks", headers=desk.auth("grid_worker", sub=sub))
+            return r.json()["tasks"]
+
+        tasks = await eventually(lambda: open_tasks("gw-9"), what="the grid worker's task")
+        assert tasks[0]["assignee"] == "gw-9" and tasks[0]["alert_id"] == raised["alert_id"]
+        assert tasks[0]["title"] == "Follow up the welfare need at household L1"
+        assert await open_tasks("gw-other") == [], "a grid worker sees only their grids' tasks"
+
+        visit = {"household_code": "L1", "visited_at": datetime.now(UTC).isoformat()}
+        r = await desk.http.post("/v1/visits", json={"visits": [visit]}, headers=worker)
+        assert r.status_code == 200
+        resolved = (await eventually(lambda: of_type(sse, "resolved"), what="alert resolved by the visit"))[0]
+        assert resolved["data"]["alert_id"] == raised["alert_id"] and resolved["data"]["by"] == "gw-9"
+    assert await open_tasks("gw-9") == []
+    done = (await desk.http.get("/v1/tasks", params={"status": "done"}, headers=desk.auth("community_admin"))).json()
+    assert [t["id"] for t in done["tasks"]] == [tasks[0]["id"]]

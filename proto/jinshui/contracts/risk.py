@@ -112,6 +112,28 @@ class WatchEntryChanged(Contract):
     at: datetime
 
 
+class TaskStatus(StrEnum):
+    open = "open"
+    done = "done"
+
+
+class TaskChanged(Contract):
+    """A follow-up task for a grid worker was created by a rule, or closed by the visit it asked for."""
+
+    task_id: str
+    rule: str
+    title: str
+    status: TaskStatus
+    household_code: HouseholdCode | None = None
+    grid: AreaCode
+    beat: AreaCode
+    assignee: str | None = None
+    alert_id: str | None = None
+    due_at: datetime
+    evidence: list[Evidence]
+    at: datetime
+
+
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.risk.alert.raised.v1": AlertRaised,
     "org.jinshui.risk.alert.acknowledged.v1": AlertChanged,
@@ -120,6 +142,8 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.risk.alert.escalated.v1": AlertChanged,
     "org.jinshui.risk.alert.evidence_added.v1": AlertChanged,
     "org.jinshui.risk.watch_entry.changed.v1": WatchEntryChanged,
+    "org.jinshui.risk.task.created.v1": TaskChanged,
+    "org.jinshui.risk.task.closed.v1": TaskChanged,
     "org.jinshui.risk.submission.settled.v1": SubmissionSettled,
     "org.jinshui.sightings.batch.submitted.v1": SightingsSubmitted,
 }

@@ -57,6 +57,7 @@ REGISTRY_SUBMISSION_SETTLED = "registry.submission.settled"
 RISK_ALERT_RAISED = "risk.alert.raised"
 RISK_ALERT = "risk.alert"  # risk.alert.<verb>.<beat>
 RISK_WATCH_ENTRY_CHANGED = "risk.watch_entry.changed"
+RISK_TASK = "risk.task"  # risk.task.<verb>.<grid>
 RISK_SUBMISSION_SETTLED = "risk.submission.settled"
 SIGHTINGS_SUBMITTED = "sightings.batch.submitted"
 DLQ_PREFIX = "dlq"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from jinshui.contracts import streams
-from jinshui.gateway import api, registry_routes
+from jinshui.contracts.incidents import INCIDENTS_SUBMISSION_SETTLED
+from jinshui.gateway import api, incidents_routes, registry_routes
 from jinshui.gateway.auth import verifier_from_settings
 from jinshui.gateway.door import DoorMiddleware, RateLimiter
 from jinshui.gateway.feed import AlertFeed
@@ -20,6 +21,7 @@ def build(settings: GatewaySettings | None = None) -> Service:
     settings = settings or GatewaySettings()
     svc = Service(name="gateway", settings=settings, uses_db=False)
     svc.app.state.verifier = verifier_from_settings(settings)
+    svc.app.state.keyring = settings.pii_keyring()
     svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
     svc.app.state.rate_limiter = RateLimiter(settings.rate_limits, default=settings.rate_limit_default)
     svc.app.add_middleware(DoorMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -32,6 +34,14 @@ def build(settings: GatewaySettings | None = None) -> Service:
             durable="gateway-submissions",
             stream=streams.REGISTRY,
             subjects=[streams.REGISTRY_SUBMISSION_SETTLED],
+            handler=fold,
+        )
+    )
+    svc.consumer(
+        ConsumerSpec(
+            durable="gateway-incidents-submissions",
+            stream=streams.INCIDENTS,
+            subjects=[INCIDENTS_SUBMISSION_SETTLED],
             handler=fold,
         )
     )
@@ -60,4 +70,5 @@ def build(settings: GatewaySettings | None = None) -> Service:
 
     svc.app.include_router(api.router)
     svc.app.include_router(registry_routes.router)
+    svc.app.include_router(incidents_routes.router)
     return svc

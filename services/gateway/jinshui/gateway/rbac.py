@@ -16,6 +16,21 @@ SUBMITTERS_READ = (
     "mediator",
     "community_admin",
 )
+INCIDENT_READ = ("police", "mediator", "community_admin", "grid_worker")
+INCIDENT_HANDLERS = ("police", "mediator", "community_admin", "grid_worker")  # the move itself is checked per role
+INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", "/v1/police-calls"): ("police_platform", "police"),
+    ("POST", "/v1/reports"): ("grid_worker", "grid_platform"),
+    ("GET", "/v1/incidents"): INCIDENT_READ,
+    ("GET", "/v1/incidents/{incident_id}"): INCIDENT_READ,
+    ("POST", "/v1/incidents/{incident_id}/transitions"): INCIDENT_HANDLERS,
+    ("POST", "/v1/incidents/{incident_id}/mediations"): ("mediator", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/satisfaction"): ("mediator", "community_admin", "police"),
+    ("POST", "/v1/incidents/{incident_id}/sources"): ("mediator", "police", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/sources/{source_id}/unlink"): ("mediator", "police", "community_admin"),
+    ("GET", "/v1/sources/unresolved"): ("mediator", "police", "community_admin"),
+    ("GET", "/v1/stats/incidents"): ("police", "mediator", "community_admin"),
+}
 
 ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/visits"): ("grid_worker", "grid_platform"),
@@ -24,6 +39,7 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/households/{code}"): ("police", "grid_worker", "community_admin", "mediator"),
     ("GET", "/v1/alerts"): ("police",),
     ("GET", "/v1/alerts/stream"): ("police",),
+    **INCIDENT_ROLES,
 }
 
 

@@ -214,3 +214,8 @@ async def reload_rules(
     request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/rules/reload")]
 ):
     return await _to_risk(request, svc, caller, "/v1/rules/reload")
+
+
+@router.get("/tasks")
+async def tasks(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/tasks")]):
+    return await _to_risk(request, svc, caller, "/v1/tasks")

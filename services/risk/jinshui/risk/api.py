@@ -255,3 +255,34 @@ async def reload_rules(svc: ServiceDep, caller: CallerDep):
     except OSError as e:
         raise Problem(422, f"the rules file cannot be read: {e}", type="rules-refused") from e
     return book.describe()
+
+
+TASK_COLUMNS = (
+    "id, rule, title, household_code, grid, beat, assignee, alert_id, status, due_at, created_at, closed_at,"
+    " closed_by_event, evidence"
+)
+
+
+@router.get("/tasks")
+async def list_tasks(
+    pool: PoolDep,
+    caller: CallerDep,
+    status: Literal["open", "done"] | None = "open",
+    grid: str | None = None,
+    limit: int = Query(100, ge=1, le=500),
+):
+    """A grid worker sees the tasks of their grids (and those given to them); others see all, by filter."""
+    mine = caller.role == "grid_worker"
+    rows = await pool.fetch(
+        f"""SELECT {TASK_COLUMNS} FROM tasks t
+            WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR grid = $2)
+              AND (NOT $3 OR assignee = $4 OR grid IN (
+                    SELECT area FROM assignments WHERE person = $4 AND role = 'grid_worker' AND active))
+            ORDER BY due_at, id LIMIT $5""",
+        status,
+        grid,
+        mine,
+        caller.sub,
+        limit,
+    )
+    return {"tasks": [dict(r) for r in rows]}

@@ -79,8 +79,28 @@ class AlertEffect(_Strict):
     _paths = field_validator("subject", "grid", "beat")(_check_path)
 
 
+class TaskEffect(_Strict):
+    """A follow-up task for the grid worker of the household's grid, closed by their next visit there."""
+
+    title: str = Field(min_length=1, max_length=200)
+    due_in_days: float = Field(gt=0, le=366)
+    household: FieldPath = "household_code"
+    grid: FieldPath = "grid"
+    beat: FieldPath = "beat"
+    resolves_alert: bool = False  # the visit that closes the task also resolves this rule's alert
+
+
 class Effect(_Strict):
-    alert: AlertEffect
+    """Exactly one of: an alert for the desk, a task for a grid worker."""
+
+    alert: AlertEffect | None = None
+    task: TaskEffect | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Effect:
+        if (self.alert is None) == (self.task is None):
+            raise ValueError("an effect is exactly one of `alert` or `task`")
+        return self
 
 
 class Rule(_Strict):

@@ -1,0 +1,126 @@
+"""Tasks for grid workers: created by rules, closed by the visit they ask for (and the loop closes itself)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from jinshui.contracts import streams
+from jinshui.contracts.envelope import CloudEvent, new_event
+from jinshui.contracts.registry import AssignmentChanged, VisitRecorded
+from jinshui.contracts.risk import Evidence, TaskChanged
+from jinshui.kit import outbox
+from jinshui.risk import alerts
+from jinshui.risk.alerts import SOURCE, derived_id
+
+VISIT = "org.jinshui.registry.visit.recorded.v1"
+ASSIGNMENT = "org.jinshui.registry.assignment.changed.v1"
+COLUMNS = "id, rule, title, household_code, grid, beat, assignee, alert_id, due_at, evidence, status"
+
+
+async def keep_assignments(conn: asyncpg.Connection, event: CloudEvent) -> None:
+    """Risk's copy of who is assigned where, from the registry's events."""
+    a = AssignmentChanged.model_validate(event.data)
+    await conn.execute(
+        """INSERT INTO assignments (assignment_id, person, role, area, active, at) VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (assignment_id) DO UPDATE SET active = $5, at = $6 WHERE assignments.at <= $6""",
+        a.assignment_id,
+        a.person,
+        a.role.value,
+        a.area,
+        a.change == "assigned",
+        a.at,
+    )
+
+
+async def create(
+    conn: asyncpg.Connection,
+    *,
+    rule: str,
+    title: str,
+    household_code: str | None,
+    grid: str,
+    beat: str,
+    due_in: timedelta,
+    alert_id: str | None,
+    resolves_alert: bool,
+    event: CloudEvent,
+) -> None:
+    assignee = await conn.fetchval(
+        "SELECT person FROM assignments WHERE area = $1 AND role = 'grid_worker' AND active ORDER BY at LIMIT 1", grid
+    )
+    evidence = [Evidence(event_id=event.id, type=event.type, time=event.time)]
+    row = await conn.fetchrow(
+        f"""INSERT INTO tasks (id, rule, title, household_code, grid, beat, assignee, alert_id, resolves_alert,
+                              due_at, created_at, evidence)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING
+            RETURNING {COLUMNS}""",
+        derived_id("task", rule, event.id),
+        rule,
+        title,
+        household_code,
+        grid,
+        beat,
+        assignee,
+        alert_id,
+        resolves_alert,
+        event.time + due_in,
+        event.time,
+        [e.model_dump(mode="json") for e in evidence],
+    )
+    if row is not None:
+        await _publish(conn, row, "created", event.time)
+
+
+async def close_by_visit(conn: asyncpg.Connection, event: CloudEvent) -> None:
+    """A visit to a household closes its open tasks, and resolves the alerts those tasks were set to resolve."""
+    visit = VisitRecorded.model_validate(event.data)
+    rows = await conn.fetch(
+        f"""UPDATE tasks SET status = 'done', closed_at = $2, closed_by_event = $3,
+                   evidence = evidence || $4::jsonb
+            WHERE household_code = $1 AND status = 'open' AND created_at < $2 RETURNING {COLUMNS}, resolves_alert""",
+        visit.household_code,
+        event.time,
+        event.id,
+        [Evidence(event_id=event.id, type=event.type, time=event.time).model_dump(mode="json")],
+    )
+    for row in rows:
+        await _publish(conn, row, "closed", event.time)
+        if row["resolves_alert"] and row["alert_id"]:
+            status = await conn.fetchval("SELECT status FROM alerts WHERE id = $1", row["alert_id"])
+            if status in alerts.OPEN:
+                await alerts.move(
+                    conn,
+                    alert_id=row["alert_id"],
+                    command="resolve",
+                    by=visit.grid_worker,
+                    reason=f"follow-up visit {visit.visit_id} recorded by {visit.grid_worker}",
+                    at=event.time,
+                )
+
+
+async def _publish(conn, row, verb: str, at: datetime) -> None:
+    data = TaskChanged(
+        task_id=row["id"],
+        rule=row["rule"],
+        title=row["title"],
+        status=row["status"],
+        household_code=row["household_code"],
+        grid=row["grid"],
+        beat=row["beat"],
+        assignee=row["assignee"],
+        alert_id=row["alert_id"],
+        due_at=row["due_at"],
+        evidence=row["evidence"],
+        at=at,
+    )
+    event = new_event(
+        id=derived_id("task", verb, row["id"]),
+        type=f"org.jinshui.risk.task.{verb}.v1",
+        source=SOURCE,
+        subject=row["id"],
+        time=at,
+        data=data,
+    )
+    await outbox.add(conn, event=event, subject=streams.keyed(f"{streams.RISK_TASK}.{verb}", row["grid"]))
