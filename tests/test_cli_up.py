@@ -56,7 +56,7 @@ def _env() -> dict[str, str]:
 class Up:
     """A `jinshui up` process, in its own process group as a shell would run it."""
 
-    def __init__(self, home: Path, out: Path) -> None:
+    def __init__(self, home: Path, out: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.out = out
         with open(out, "ab") as f:
@@ -65,7 +65,7 @@ class Up:
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,
-                env=_env(),
+                env=env or _env(),
                 start_new_session=True,
             )
 
@@ -219,4 +219,19 @@ def test_up_stops_everything_when_a_service_dies(tmp_path: Path, ups) -> None:
     os.kill(info["services"]["registry"]["pid"], signal.SIGKILL)
     assert up.wait() == 1
     assert "registry exited with code -9" in up.output()
+    assert _wait_gone(_pids(info)) == []
+
+
+def test_up_uses_the_servers_it_is_given(tmp_path: Path, servers, database_url: str, stream_prefix: str, ups) -> None:
+    env = {**_env(), "NATS_URL": servers.nats_url, "DATABASE_URL": database_url}
+    env["JINSHUI_STREAM_PREFIX"] = stream_prefix
+    up = Up(tmp_path / "home", tmp_path / "up.out", env=env)
+    ups.append(up)
+    info = up.wait_ready()
+    assert info["nats"] == {"url": servers.nats_url, "pid": None}
+    assert info["postgres"] == {"url": database_url, "pid": None}
+    assert not (tmp_path / "home" / "nats").exists() and not (tmp_path / "home" / "pg").exists()
+    _check_serving(info)
+    up.signal(signal.SIGINT)
+    assert up.wait() == 0, up.output()
     assert _wait_gone(_pids(info)) == []

@@ -277,7 +277,7 @@ def test_service_env(service_env: dict[str, str], servers: Servers, stream_prefi
 
 
 async def test_servers_can_take_nats_down_and_bring_it_back(servers: Servers) -> None:
-    if servers.kind != "embedded":
+    if servers.nats is None:
         with pytest.raises(RuntimeError, match="only the embedded server"):
             servers.stop_nats()
         return

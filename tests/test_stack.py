@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from jinshui.cli._proc import process_alive
@@ -82,3 +83,26 @@ async def test_services_run_in_their_own_process_groups(stack) -> None:
     pid = started.pid("registry")
     assert os.getpgid(pid) == pid != os.getpgid(0)
     assert "starting registry" in started.log_path("registry").read_text()
+
+
+async def test_a_service_whose_port_was_taken_moves_to_a_free_one(stack) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        started = await stack(services=["registry", "gateway"], ports={"registry": taken})
+        assert started.ports["registry"] != taken
+        # The running gateway was (re)started knowing the registry's new address.
+        assert psutil.Process(started.pid("gateway")).environ()["REGISTRY_URL"] == started.url("registry")
+        async with httpx.AsyncClient(timeout=5) as client:
+            assert (await client.get(f"{started.url('registry')}/readyz")).status_code == 200
+            assert (await client.get(f"{started.url('gateway')}/readyz")).status_code == 200
+
+
+async def test_another_stacks_service_on_the_port_is_not_taken_for_ours(stack) -> None:
+    first = await stack(services=["registry"])
+    port = first.ports["registry"]
+    second = await stack(services=["registry"], ports={"registry": port})
+    assert second.ports["registry"] != port
+    assert second.pid("registry") != first.pid("registry")
+    assert first.returncode("registry") is None

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -114,15 +114,30 @@ def _signal_pid(pid: int, sig: int) -> bool:
     return True
 
 
-def find_processes(name: str, needle: str) -> list[psutil.Process]:
-    """Live processes called `name` whose command line mentions `needle`."""
+def find_processes(name: str, arg: Callable[[str], bool]) -> list[psutil.Process]:
+    """Live processes called `name` with a command-line argument for which `arg` is true."""
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if proc.info["name"] == name and any(needle in arg for arg in proc.info["cmdline"] or ()):
+            if proc.info["name"] == name and any(arg(a) for a in proc.info["cmdline"] or ()):
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
     return found
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether the process `pid` (or one of its children) listens on TCP `port`."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for conn in p.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+    return False
 
 
 def log_tail(path: Path, lines: int = 60, max_bytes: int = 64 * 1024) -> str:

@@ -217,7 +217,8 @@ class NatsServer:
 
 def _stop_stale_nats(data_dir: Path) -> None:
     """Stop a nats-server left running on this data dir by a run that died (it holds the store lock)."""
-    for proc in find_processes("nats-server", str(data_dir / "nats.conf")):
+    conf = str(data_dir / "nats.conf")
+    for proc in find_processes("nats-server", conf.__eq__):
         terminate_foreign(proc.pid)
     (data_dir / "nats.pid").unlink(missing_ok=True)
 
@@ -334,13 +335,13 @@ def _read_postmaster_pid(cluster: Path) -> int | None:
 
 def _stop_stale_postgres(cluster: Path) -> None:
     """Stop a postmaster left running on this cluster by a run that died; drop a lock file nobody holds."""
-    for proc in find_processes("postgres", str(cluster)):
+    for proc in find_processes("postgres", str(cluster).__eq__):
         # SIGINT is postgres' fast shutdown: it disconnects clients instead of waiting for them.
         terminate_foreign(proc.pid, first=signal.SIGINT, timeout=20, group=False)
     pid = _read_postmaster_pid(cluster)
     if pid is not None and not process_alive(pid):
         (cluster / "postmaster.pid").unlink(missing_ok=True)
-    elif pid is not None and not find_processes("postgres", str(cluster)):
+    elif pid is not None and not find_processes("postgres", str(cluster).__eq__):
         # The pid was reused by some other process: postgres would refuse to start.
         (cluster / "postmaster.pid").unlink(missing_ok=True)
 
@@ -517,10 +518,14 @@ def start_postgres(data_dir: Path, *, port: int | None = None, settings: Mapping
 
 def stop_stale_servers(root: Path) -> None:
     """Stop every nats-server and postgres whose data lives under `root` (cleanup after a crashed run)."""
-    root = Path(root).resolve()
-    for proc in find_processes("nats-server", str(root)):
+    prefix = str(Path(root).resolve()) + os.sep
+
+    def under_root(arg: str) -> bool:
+        return arg.startswith(prefix)
+
+    for proc in find_processes("nats-server", under_root):
         terminate_foreign(proc.pid)
-    for proc in find_processes("postgres", str(root)):
+    for proc in find_processes("postgres", under_root):
         terminate_foreign(proc.pid, first=signal.SIGINT, timeout=20, group=False)
 
 

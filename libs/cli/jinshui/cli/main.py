@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
@@ -40,6 +41,15 @@ def _warn(*parts: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ up
+
+
+def _redact(url: str) -> str:
+    """`url` without its password (external servers' URLs may carry one)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -183,7 +193,7 @@ async def _up(home: Path, *, ready_within: float) -> int:
         env.setdefault("JINSHUI_CLOCK_FILE", str(home / "clock"))
         env.setdefault("LOG_LEVEL", "INFO")
         stack = Stack(env=env, log_dir=home / "logs", ports=choose_ports(SERVICES, DEFAULT_PORTS))
-        urls = {"nats": nats_url, "database": database_url}
+        urls = {"nats": _redact(nats_url), "database": _redact(database_url)}
 
         def record(ready: bool) -> None:
             _write_json(run_file, _run_info(home=home, ready=ready, nats=nats, pg=pg, stack=stack, urls=urls))
@@ -201,8 +211,8 @@ async def _up(home: Path, *, ready_within: float) -> int:
                 stack,
                 home=home,
                 took=time.monotonic() - started,
-                nats=nats_url,
-                database=database_url,
+                nats=urls["nats"],
+                database=urls["database"],
                 embedded=nats is not None or pg is not None,
             )
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from jinshui.cli._proc import die_with_parent, log_tail, pick_port, signal_group
+from jinshui.cli._proc import die_with_parent, listens_on, log_tail, pick_port, port_is_free, signal_group
 
 SERVICES = ("registry", "incidents", "risk", "gateway")
 DEFAULT_PORTS = {"gateway": 8000, "registry": 8001, "incidents": 8002, "risk": 8003}
@@ -136,14 +136,31 @@ class Stack:
 
     async def start(self, timeout: float = 60) -> None:
         """Start every service and wait until each answers /readyz with 200; on failure stop them all."""
+        deadline = time.monotonic() + timeout
         try:
             for name in self.services:
                 if self.returncode(name) is not None or name not in self._procs:
                     self._spawn(name)
-            await self._wait_ready(self.services, timeout)
+            for attempt in range(len(self.services) + 2):
+                try:
+                    await self._wait_ready(self.services, max(0.0, deadline - time.monotonic()))
+                    return
+                except ServiceFailed as e:
+                    # Another process took the port between our check and the service's bind: move it.
+                    stolen = self.returncode(e.name) is not None and not port_is_free(self.ports[e.name])
+                    if not stolen or attempt == len(self.services) + 1:
+                        raise
+                    await self._move(e.name)
         except BaseException:
             await self.stop()
             raise
+
+    async def _move(self, name: str) -> None:
+        self.ports[name] = pick_port(None, avoid=self.ports.values())
+        self._spawn(name)
+        if name in UPSTREAMS and "gateway" in self._procs and self.returncode("gateway") is None:
+            await self._stop_one("gateway", seconds=10)
+            self._spawn("gateway")
 
     async def start_service(self, name: str, timeout: float = 60) -> None:
         """(Re)start one service and wait until it is ready."""
@@ -175,8 +192,10 @@ class Stack:
                     except httpx.HTTPError as e:
                         last[name] = f"{type(e).__name__}: {e}"
                         continue
-                    if resp.status_code == 200:
+                    if resp.status_code == 200 and listens_on(self.pid(name), self.ports[name]):
                         pending.remove(name)
+                    elif resp.status_code == 200:
+                        last[name] = f"port {self.ports[name]} is answered by another process"
                     else:
                         last[name] = f"HTTP {resp.status_code}: {resp.text[:300]}"
                 if not pending:

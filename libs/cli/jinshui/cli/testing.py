@@ -1,8 +1,9 @@
 """pytest plugin: real NATS and PostgreSQL per session, a database and stream prefix per test, services as
 processes.
 
-Servers come from NATS_URL / DATABASE_URL when set, else Testcontainers when a Docker engine answers, else the
-embedded servers (set JINSHUI_TEST_SERVERS=embedded|docker|external to insist on one).
+Each server comes from NATS_URL / DATABASE_URL when set, else from Testcontainers when a Docker engine answers,
+else embedded. JINSHUI_TEST_SERVERS=external|docker|embedded insists on one kind (docker and embedded ignore the
+URLs).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Servers:
     def _embedded_nats(self) -> NatsServer:
         if self.nats is None:
             raise RuntimeError(
-                f"NATS is {self.kind} in this session: only the embedded server can be stopped and started "
-                "by tests (unset NATS_URL, or set JINSHUI_TEST_SERVERS=embedded)"
+                f"NATS at {self.nats_url} is not embedded in this session: only the embedded server can be "
+                "stopped and started by tests (unset NATS_URL, or set JINSHUI_TEST_SERVERS=embedded)"
             )
         return self.nats
 
@@ -124,22 +125,18 @@ def _docker_answers(timeout: float = 2.0) -> bool:
         return False
 
 
-def _docker_servers() -> Servers:
+def _start_containers(servers: Servers, *, nats: bool, pg: bool) -> None:
     from testcontainers.community.nats import NatsContainer
     from testcontainers.community.postgres import PostgresContainer
 
-    nats = NatsContainer("nats:2", jetstream=True).start()
-    try:
-        pg = PostgresContainer("postgres:18", driver=None).start()
-    except BaseException:
-        nats.stop()
-        raise
-    return Servers(
-        kind="docker",
-        nats_url=nats.nats_uri(),
-        admin_database_url=pg.get_connection_url(),
-        containers=[nats, pg],
-    )
+    if nats:
+        container = NatsContainer("nats:2", jetstream=True).start()
+        servers._containers.append(container)
+        servers._nats_url = container.nats_uri()
+    if pg:
+        container = PostgresContainer("postgres:18", driver=None).start()
+        servers._containers.append(container)
+        servers.admin_database_url = container.get_connection_url()
 
 
 def _owner_alive(root: Path) -> bool | None:
@@ -173,34 +170,40 @@ def remove_stale_dirs(base: Path | None = None, *, keep: Path | None = None) -> 
     return removed
 
 
-def _embedded_servers() -> Servers:
+def _start_embedded(servers: Servers, *, nats: bool, pg: bool) -> None:
     remove_stale_dirs()
     root = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
     me = psutil.Process()
     (root / "owner.json").write_text(json.dumps({"pid": me.pid, "created": me.create_time()}))
     root.chmod(0o755)
-    servers = Servers(kind="embedded", admin_database_url="", root=root)
-    try:
+    servers.root = root
+    if nats:
         servers.nats = start_nats(root / "nats")
+    if pg:
         servers.pg = start_postgres(root / "pg", settings=TEST_PG_SETTINGS)
-    except BaseException:
-        servers.close()
-        raise
-    servers.admin_database_url = servers.pg.url
-    return servers
+        servers.admin_database_url = servers.pg.url
 
 
 def make_servers() -> Servers:
     """The servers for a test session, by the rules in this module's docstring."""
     wanted = os.environ.get("JINSHUI_TEST_SERVERS", "")
-    nats_url, database_url = os.environ.get("NATS_URL"), os.environ.get("DATABASE_URL")
-    if wanted == "external" or (not wanted and nats_url and database_url):
-        if not (nats_url and database_url):
-            raise RuntimeError("JINSHUI_TEST_SERVERS=external needs NATS_URL and DATABASE_URL")
+    if wanted not in ("", "external", "docker", "embedded"):
+        raise RuntimeError(f"JINSHUI_TEST_SERVERS={wanted!r}: expected external, docker or embedded")
+    nats_url = os.environ.get("NATS_URL") if wanted in ("", "external") else None
+    database_url = os.environ.get("DATABASE_URL") if wanted in ("", "external") else None
+    if wanted == "external" and not (nats_url and database_url):
+        raise RuntimeError("JINSHUI_TEST_SERVERS=external needs NATS_URL and DATABASE_URL")
+    if nats_url and database_url:
         return Servers(kind="external", nats_url=nats_url, admin_database_url=database_url)
-    if wanted == "docker" or (not wanted and _docker_answers()):
-        return _docker_servers()
-    return _embedded_servers()
+    kind = "docker" if wanted == "docker" or (not wanted and _docker_answers()) else "embedded"
+    servers = Servers(kind=kind, nats_url=nats_url, admin_database_url=database_url or "")
+    start = _start_containers if kind == "docker" else _start_embedded
+    try:
+        start(servers, nats=not nats_url, pg=not database_url)
+    except BaseException:
+        servers.close()
+        raise
+    return servers
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,29 @@ INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/sources/unresolved"): ("mediator", "police", "community_admin"),
     ("GET", "/v1/stats/incidents"): ("police", "mediator", "community_admin"),
 }
+REGISTRY_READ = ("police", "grid_worker", "community_admin", "mediator")
+RESIDENCY_SUBMITTERS = ("grid_worker", "grid_platform", "community_admin")
 
 ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/visits"): ("grid_worker", "grid_platform"),
     ("GET", "/v1/submissions/{submission_id}"): SUBMITTERS_READ,
     ("POST", "/v1/households"): ("community_admin", "grid_worker"),
     ("GET", "/v1/households/{code}"): ("police", "grid_worker", "community_admin", "mediator"),
+    ("POST", "/v1/grids"): ("community_admin",),
+    ("GET", "/v1/grids"): REGISTRY_READ,
+    ("POST", "/v1/beats"): ("community_admin",),
+    ("GET", "/v1/beats"): REGISTRY_READ,
+    ("PUT", "/v1/beats/{code}/grids"): ("community_admin",),
+    ("POST", "/v1/assignments"): ("community_admin",),
+    ("POST", "/v1/assignments/{assignment_id}/end"): ("community_admin",),
+    ("GET", "/v1/households/{code}/qr"): ("police", "grid_worker", "community_admin"),
+    ("GET", "/v1/households/{code}/history"): ("police", "grid_worker", "community_admin"),
+    ("POST", "/v1/persons/search"): ("police", "grid_worker", "community_admin"),
+    ("GET", "/v1/persons/{person_id}"): ("police", "grid_worker", "community_admin"),
+    ("GET", "/v1/audit"): ("community_admin",),
+    ("POST", "/v1/residents/arrivals"): RESIDENCY_SUBMITTERS,
+    ("POST", "/v1/residents/departures"): RESIDENCY_SUBMITTERS,
+    ("POST", "/v1/residents/moves"): RESIDENCY_SUBMITTERS,
     ("GET", "/v1/alerts"): ("police",),
     ("GET", "/v1/alerts/stream"): ("police",),
     **INCIDENT_ROLES,
