@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jinshui.contracts.base import MAX_BATCH, AreaCode, Contract, HouseholdCode, SubmissionSettled, Submitter
+
+# Subjects of this domain (unprefixed); streams.keyed() puts the household code or area last.
+INTAKE_ARRIVALS = "intake.arrival.submitted"
+INTAKE_DEPARTURES = "intake.departure.submitted"
+INTAKE_MOVES = "intake.move.submitted"
+REGISTRY_GRID_DEFINED = "registry.grid.defined"
+REGISTRY_BEAT_DEFINED = "registry.beat.defined"
+REGISTRY_COVERAGE_CHANGED = "registry.coverage.changed"
+REGISTRY_ASSIGNMENT_CHANGED = "registry.assignment.changed"
+REGISTRY_RESIDENT_ARRIVED = "registry.resident.arrived"
+REGISTRY_RESIDENT_DEPARTED = "registry.resident.departed"
+AUDIT_PII_READ = "audit.pii.read"
 
 
 class VisitConcern(StrEnum):
@@ -39,6 +52,16 @@ class VisitsSubmitted(Contract):
     records: list[VisitRecord] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class HouseUse(StrEnum):
+    """What an actual house (实有房屋) is used for."""
+
+    owner_occupied = "owner_occupied"
+    let = "let"
+    vacant = "vacant"
+    business = "business"
+    basement_other_use = "basement_other_use"
+
+
 class HouseholdRegistered(Contract):
     """A household was given its code (一户一码) at an address, in a grid and a police beat."""
 
@@ -47,6 +70,8 @@ class HouseholdRegistered(Contract):
     grid: AreaCode
     beat: AreaCode
     registered_at: datetime
+    house_id: str | None = None
+    house_use: HouseUse | None = None
 
 
 class VisitRecorded(Contract):
@@ -64,10 +89,201 @@ class VisitRecorded(Contract):
     record_index: int
 
 
+# --- areas: grids (网格), police beats (警格), which beat covers which grid, who is assigned where ---------------
+class GridDefined(Contract):
+    """A grid (网格) was set up or renamed."""
+
+    code: AreaCode
+    name: str
+    community: str
+    defined_at: datetime
+
+
+class BeatDefined(Contract):
+    """A police beat (警格) was set up or renamed."""
+
+    code: AreaCode
+    name: str
+    defined_at: datetime
+
+
+class CoverageChanged(Contract):
+    """The grids a police beat covers now (警格+网格); a grid moved here is no longer covered by its old beat."""
+
+    beat: AreaCode
+    grids: list[AreaCode]
+    moved_from: dict[str, str] = Field(default_factory=dict, description="grid -> the beat that covered it before")
+    changed_at: datetime
+
+
+class AssignmentRole(StrEnum):
+    grid_worker = "grid_worker"
+    officer = "officer"
+
+
+class AssignmentChanged(Contract):
+    """A person was assigned to an area (a grid worker to a grid, an officer to a beat), or the assignment ended."""
+
+    assignment_id: str
+    person: str = Field(description="the person's subject, as in their token")
+    role: AssignmentRole
+    area: AreaCode
+    change: Literal["assigned", "ended"]
+    at: datetime
+
+
+# --- persons and residencies (实有人口 / 流动人口): submitted at the door with personal data protected --------
+class ResidencyKind(StrEnum):
+    permanent = "permanent"
+    floating = "floating"
+    tenant = "tenant"
+
+
+class ProtectedValue(Contract):
+    """An ID number or phone as the gateway's keyring protected it (jinshui.kit.pii.Protected)."""
+
+    kind: Literal["id_number", "phone"]
+    hash: str
+    ciphertext: str
+    key_id: str
+    masked: str
+
+
+class PersonData(Contract):
+    name: str = Field(min_length=1, max_length=64)
+    id_number: ProtectedValue
+    phone: ProtectedValue | None = None
+    birth_date: date | None = None
+    sex: Literal["female", "male"] | None = None
+
+
+class ArrivalRecord(Contract):
+    """A person arrived to live in a household (人来登记)."""
+
+    household_code: HouseholdCode
+    person: PersonData
+    kind: ResidencyKind
+    arrived_at: datetime
+    expected_end: datetime | None = None
+
+
+class ArrivalsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[ArrivalRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class PersonRef(Contract):
+    """A person named by their registry id or by their ID number (protected)."""
+
+    person_id: str | None = None
+    id_number: ProtectedValue | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PersonRef:
+        if (self.person_id is None) == (self.id_number is None):
+            raise ValueError("give either person_id or id_number")
+        return self
+
+
+class DepartureRecord(Contract):
+    """A person left a household (人走注销)."""
+
+    household_code: HouseholdCode
+    person: PersonRef
+    departed_at: datetime
+    reason: str = Field(default="", max_length=500)
+
+
+class DeparturesSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[DepartureRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class MoveRecord(Contract):
+    """A person moved from one household to another: one departure and one arrival, applied together."""
+
+    from_household: HouseholdCode
+    to_household: HouseholdCode
+    person: PersonRef
+    moved_at: datetime
+    kind: ResidencyKind | None = Field(default=None, description="the new residency's kind; default: as before")
+    expected_end: datetime | None = None
+
+
+class MovesSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[MoveRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ResidentArrived(Contract):
+    """A residency opened; carries the household's house, grid and beat and the person's keyed ID hash."""
+
+    residency_id: str
+    person_id: str
+    id_hash: str
+    household_code: HouseholdCode
+    house_id: str | None = None
+    grid: AreaCode
+    beat: AreaCode
+    kind: ResidencyKind
+    arrived_at: datetime
+    expected_end: datetime | None = None
+    submission_id: str
+    record_index: int
+    move_id: str | None = None
+
+
+class ResidentDeparted(Contract):
+    """A residency closed."""
+
+    residency_id: str
+    person_id: str
+    id_hash: str
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    departed_at: datetime
+    reason: str
+    submission_id: str
+    record_index: int
+    move_id: str | None = None
+
+
+# --- access audit: who read whose personal data, when and why -------------------------------------------------
+class PersonalDataRead(Contract):
+    """Personal data was shown in clear (on the AUDIT stream; the read fails unless this is acknowledged)."""
+
+    read_id: str
+    reader: str
+    reader_role: str
+    purpose: str
+    person_ids: list[str]
+    fields: list[str]
+    resource: str
+    read_at: datetime
+
+
 # CloudEvents type -> model, for every contract this domain publishes (or the gateway publishes for it).
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.visit.submitted.v1": VisitsSubmitted,
     "org.jinshui.registry.household.registered.v1": HouseholdRegistered,
     "org.jinshui.registry.visit.recorded.v1": VisitRecorded,
     "org.jinshui.registry.submission.settled.v1": SubmissionSettled,
+    "org.jinshui.registry.grid.defined.v1": GridDefined,
+    "org.jinshui.registry.beat.defined.v1": BeatDefined,
+    "org.jinshui.registry.coverage.changed.v1": CoverageChanged,
+    "org.jinshui.registry.assignment.changed.v1": AssignmentChanged,
+    "org.jinshui.intake.arrival.submitted.v1": ArrivalsSubmitted,
+    "org.jinshui.intake.departure.submitted.v1": DeparturesSubmitted,
+    "org.jinshui.intake.move.submitted.v1": MovesSubmitted,
+    "org.jinshui.registry.resident.arrived.v1": ResidentArrived,
+    "org.jinshui.registry.resident.departed.v1": ResidentDeparted,
+    "org.jinshui.audit.pii.read.v1": PersonalDataRead,
 }
+TYPES_BY_MODEL: dict[type[Contract], str] = {model: t for t, model in TYPES.items()}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jinshui.kit.pii import Keyring, PersonalDataKeysError
 
 Environment = Literal["development", "test", "production"]
 
@@ -41,6 +43,9 @@ class ServiceSettings(BaseSettings):
     consumer_batch: int = Field(default=256, ge=1, le=1000)
     consumer_max_deliver: int = Field(default=20, ge=1)
     consumer_max_ack_pending: int = Field(default=2000, ge=1)
+    # Personal-data keys (the gateway and the registry): a JSON document, or a secrets file holding one.
+    jinshui_pii_keys: SecretStr | None = None
+    jinshui_pii_keys_file: Path | None = None
 
     @property
     def nats_servers(self) -> list[str]:
@@ -66,3 +71,22 @@ class ServiceSettings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Service-specific unsafe defaults; overridden by subclasses."""
         return []
+
+    def pii_problems(self) -> list[str]:
+        """Why the personal-data keys are not fit for production (for services that hold them)."""
+        if not (self.jinshui_pii_keys or self.jinshui_pii_keys_file):
+            return ["JINSHUI_PII_KEYS or JINSHUI_PII_KEYS_FILE must give the personal-data keys"]
+        try:
+            self.pii_keyring()
+        except PersonalDataKeysError as e:
+            return [f"the personal-data keys are not usable: {e}"]
+        return []
+
+    def pii_keyring(self) -> Keyring:
+        """The personal-data keys: as configured, or in development and tests the ones kept under JINSHUI_HOME."""
+        return Keyring.load(
+            home=self.jinshui_home,
+            environment=self.jinshui_env,
+            keys_json=self.jinshui_pii_keys.get_secret_value() if self.jinshui_pii_keys else None,
+            keys_file=self.jinshui_pii_keys_file,
+        )

@@ -1,24 +1,101 @@
-"""Registry endpoints at the door: forwarded to the registry, which owns the data and filters to scope."""
+"""Registry endpoints at the door: set-up and reads forwarded to the registry (which owns the data and filters to
+scope); arrivals, departures and moves submitted through INTAKE with ID numbers and phones protected first."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date, datetime
+from typing import Annotated, Literal
+from urllib.parse import quote, unquote, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jinshui.contracts import registry as contracts
+from jinshui.contracts.base import MAX_BATCH, HouseholdCode, Submitter
+from jinshui.gateway.api import prefer_wait, submit
+from jinshui.gateway.idempotency import run_idempotent
 from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import allowed
+from jinshui.gateway.submissions import new_submission_id
 from jinshui.kit.app import ServiceDep
+from jinshui.kit.pii import IdNumber, Keyring, Phone
 from jinshui.kit.tokens import Identity
 
 router = APIRouter(prefix="/v1")
+PurposeHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Purpose",
+        description="police only: why the personal data is needed whole (audited); UTF-8, percent-encoded",
+    ),
+]
 
 
+async def _to_registry(request: Request, svc, caller: Identity, path: str):
+    return await forward(request, svc, caller, svc.settings.registry_url, path)
+
+
+async def _read_personal(request: Request, svc, caller: Identity, path: str, purpose: str | None):
+    """A read that may show personal data: the purpose travels only from the X-Purpose header."""
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "purpose"]
+    if purpose:
+        query.append(("purpose", unquote(purpose)))
+    request = Request({**request.scope, "query_string": urlencode(query).encode()}, request.receive)
+    return await forward(request, svc, caller, svc.settings.registry_url, path)
+
+
+# --- set-up: grids, beats, coverage, assignments (community admins) ----------------------------------------
+@router.post("/grids", status_code=201)
+async def define_grid(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/grids")]):
+    return await _to_registry(request, svc, caller, "/v1/grids")
+
+
+@router.get("/grids")
+async def grids(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/grids")]):
+    return await _to_registry(request, svc, caller, "/v1/grids")
+
+
+@router.post("/beats", status_code=201)
+async def define_beat(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/beats")]):
+    return await _to_registry(request, svc, caller, "/v1/beats")
+
+
+@router.get("/beats")
+async def beats(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/beats")]):
+    return await _to_registry(request, svc, caller, "/v1/beats")
+
+
+@router.put("/beats/{code}/grids")
+async def set_coverage(
+    code: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("PUT", "/v1/beats/{code}/grids")],
+):
+    return await _to_registry(request, svc, caller, f"/v1/beats/{quote(code, safe='')}/grids")
+
+
+@router.post("/assignments", status_code=201)
+async def assign(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/assignments")]):
+    return await _to_registry(request, svc, caller, "/v1/assignments")
+
+
+@router.post("/assignments/{assignment_id}/end")
+async def end_assignment(
+    assignment_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/assignments/{assignment_id}/end")],
+):
+    return await _to_registry(request, svc, caller, f"/v1/assignments/{quote(assignment_id, safe='')}/end")
+
+
+# --- households, persons, audit -------------------------------------------------------------------------------
 @router.post("/households", status_code=201)
 async def register_household(
     request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/households")]
 ):
-    return await forward(request, svc, caller, svc.settings.registry_url, "/v1/households")
+    return await _to_registry(request, svc, caller, "/v1/households")
 
 
 @router.get("/households/{code}")
@@ -27,5 +104,207 @@ async def household(
     request: Request,
     svc: ServiceDep,
     caller: Annotated[Identity, allowed("GET", "/v1/households/{code}")],
+    purpose: PurposeHeader = None,
 ):
-    return await forward(request, svc, caller, svc.settings.registry_url, f"/v1/households/{code}")
+    return await _read_personal(request, svc, caller, f"/v1/households/{quote(code, safe='')}", purpose)
+
+
+@router.get("/households/{code}/qr")
+async def household_qr(
+    code: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/households/{code}/qr")],
+    format: Literal["svg", "png"] = "svg",
+):
+    return await _to_registry(request, svc, caller, f"/v1/households/{quote(code, safe='')}/qr")
+
+
+@router.get("/households/{code}/history")
+async def household_history(
+    code: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/households/{code}/history")],
+):
+    return await _to_registry(request, svc, caller, f"/v1/households/{quote(code, safe='')}/history")
+
+
+@router.post("/persons/search")
+async def search_persons(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/persons/search")]
+):
+    return await _to_registry(request, svc, caller, "/v1/persons/search")
+
+
+@router.get("/persons/{person_id}")
+async def person(
+    person_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/persons/{person_id}")],
+    purpose: PurposeHeader = None,
+):
+    return await _read_personal(request, svc, caller, f"/v1/persons/{quote(person_id, safe='')}", purpose)
+
+
+@router.get("/audit")
+async def audit(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/audit")]):
+    return await _to_registry(request, svc, caller, "/v1/audit")
+
+
+# --- residencies: submitted; personal data protected before anything is published ---------------------------
+class DoorModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PersonIn(DoorModel):
+    name: str = Field(min_length=1, max_length=64)
+    id_number: IdNumber
+    phone: Phone | None = None
+    birth_date: date | None = Field(default=None, description="default: as the ID number gives it")
+    sex: Literal["female", "male"] | None = Field(default=None, description="default: as the ID number gives it")
+
+
+class ArrivalIn(DoorModel):
+    household_code: HouseholdCode
+    person: PersonIn
+    kind: contracts.ResidencyKind
+    arrived_at: datetime
+    expected_end: datetime | None = None
+
+
+class PersonRefIn(DoorModel):
+    person_id: str | None = Field(default=None, max_length=64)
+    id_number: IdNumber | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PersonRefIn:
+        if (self.person_id is None) == (self.id_number is None):
+            raise ValueError("give either person_id or id_number")
+        return self
+
+
+class DepartureIn(DoorModel):
+    household_code: HouseholdCode
+    person: PersonRefIn
+    departed_at: datetime
+    reason: str = Field(default="", max_length=500)
+
+
+class MoveIn(DoorModel):
+    from_household: HouseholdCode
+    to_household: HouseholdCode
+    person: PersonRefIn
+    moved_at: datetime
+    kind: contracts.ResidencyKind | None = None
+    expected_end: datetime | None = None
+
+
+class Arrivals(DoorModel):
+    arrivals: list[ArrivalIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Departures(DoorModel):
+    departures: list[DepartureIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Moves(DoorModel):
+    moves: list[MoveIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def _protected(keyring: Keyring, kind: Literal["id_number", "phone"], value: str) -> contracts.ProtectedValue:
+    return contracts.ProtectedValue(**keyring.protect(kind, value).model_dump())
+
+
+def _person(keyring: Keyring, p: PersonIn) -> contracts.PersonData:
+    born = date(int(p.id_number[6:10]), int(p.id_number[10:12]), int(p.id_number[12:14]))
+    return contracts.PersonData(
+        name=p.name.strip(),
+        id_number=_protected(keyring, "id_number", p.id_number),
+        phone=_protected(keyring, "phone", p.phone) if p.phone else None,
+        birth_date=p.birth_date or born,
+        sex=p.sex or ("male" if int(p.id_number[16]) % 2 else "female"),
+    )
+
+
+def _ref(keyring: Keyring, r: PersonRefIn) -> contracts.PersonRef:
+    if r.id_number is not None:
+        return contracts.PersonRef(id_number=_protected(keyring, "id_number", r.id_number))
+    return contracts.PersonRef(person_id=r.person_id)
+
+
+async def _submit(request, svc, caller: Identity, prefer: str | None, *, kind: str, model, records):
+    """Protect the batch's personal data, then submit it as one INTAKE message (202, or the outcome if waited)."""
+    event_type = contracts.TYPES_BY_MODEL[model]
+
+    async def accept():
+        data = model(
+            submission_id=new_submission_id(),
+            submitter=Submitter(sub=caller.sub, role=caller.role),
+            received_at=svc.clock.now(),
+            records=records(svc.app.state.keyring),
+        )
+        wait = prefer_wait(prefer, svc.settings.prefer_wait_max_seconds)
+        subject = event_type.removeprefix("org.jinshui.").rsplit(".v", 1)[0]  # intake.<entity>.submitted
+        return await submit(svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, wait=wait)
+
+    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
+
+
+Prefer = Annotated[str | None, Header()]
+
+
+@router.post("/residents/arrivals", status_code=202)
+async def arrivals(
+    batch: Arrivals,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/residents/arrivals")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.ArrivalRecord(**a.model_dump(exclude={"person"}), person=_person(keyring, a.person))
+            for a in batch.arrivals
+        ]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="arrivals", model=contracts.ArrivalsSubmitted, records=records
+    )
+
+
+@router.post("/residents/departures", status_code=202)
+async def departures(
+    batch: Departures,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/residents/departures")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.DepartureRecord(**d.model_dump(exclude={"person"}), person=_ref(keyring, d.person))
+            for d in batch.departures
+        ]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="departures", model=contracts.DeparturesSubmitted, records=records
+    )
+
+
+@router.post("/residents/moves", status_code=202)
+async def moves(
+    batch: Moves,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/residents/moves")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.MoveRecord(**m.model_dump(exclude={"person"}), person=_ref(keyring, m.person))
+            for m in batch.moves
+        ]
+
+    return await _submit(request, svc, caller, prefer, kind="moves", model=contracts.MovesSubmitted, records=records)

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from jinshui.kit.pii import Keyring, PersonalDataKeysError
 from jinshui.kit.settings import ServiceSettings
 from jinshui.kit.tokens import ALGORITHMS, check_algorithms
 
@@ -46,9 +44,6 @@ class GatewaySettings(ServiceSettings):
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(ALGORITHMS))
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     jwks_cache_seconds: float = Field(default=300, gt=0)
-    # Personal-data keys: a JSON document, or a secrets file holding one (see jinshui.kit.pii.Keyring).
-    jinshui_pii_keys: SecretStr | None = None
-    jinshui_pii_keys_file: Path | None = None
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
@@ -82,20 +77,5 @@ class GatewaySettings(ServiceSettings):
             problems.append("JWKS_URL must name the identity provider's keys (development tokens are refused)")
         elif not self.jwks_url.startswith("https://"):
             problems.append("JWKS_URL must be https")
-        if not (self.jinshui_pii_keys or self.jinshui_pii_keys_file):
-            problems.append("JINSHUI_PII_KEYS or JINSHUI_PII_KEYS_FILE must give the personal-data keys")
-        else:
-            try:
-                self.pii_keyring()
-            except PersonalDataKeysError as e:
-                problems.append(f"the personal-data keys are not usable: {e}")
+        problems.extend(self.pii_problems())
         return problems
-
-    def pii_keyring(self) -> Keyring:
-        """The personal-data keys: as configured, or in development and tests the ones kept under JINSHUI_HOME."""
-        return Keyring.load(
-            home=self.jinshui_home,
-            environment=self.jinshui_env,
-            keys_json=self.jinshui_pii_keys.get_secret_value() if self.jinshui_pii_keys else None,
-            keys_file=self.jinshui_pii_keys_file,
-        )

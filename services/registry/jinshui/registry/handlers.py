@@ -1,15 +1,14 @@
-"""Registry handlers: what the registry does with what arrives on INTAKE."""
+"""Registry handlers: what the registry does with what arrives on INTAKE (and the AUDIT index)."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from jinshui.contracts import streams
-from jinshui.contracts.envelope import CloudEvent, new_event
+from jinshui.contracts.envelope import CloudEvent
 from jinshui.contracts.events import (
     OutcomeStatus,
     RecordOutcome,
@@ -17,26 +16,46 @@ from jinshui.contracts.events import (
     VisitRecorded,
     VisitsSubmitted,
 )
+from jinshui.contracts.registry import (
+    ArrivalRecord,
+    ArrivalsSubmitted,
+    DepartureRecord,
+    DeparturesSubmitted,
+    MoveRecord,
+    MovesSubmitted,
+    PersonalDataRead,
+    PersonRef,
+    ResidencyKind,
+    ResidentArrived,
+    ResidentDeparted,
+)
 from jinshui.kit import outbox
 from jinshui.kit.clock import Clock
 from jinshui.kit.consumer import Permanent
+from jinshui.registry.outbox import derived_id, emit, event, history
 
-SOURCE = "/jinshui/registry"
-NS = uuid.UUID("6f1c1f7e-8f4e-4a43-9b7a-6a1f0d6c2b11")
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
-def derived_id(*parts: str) -> str:
-    """Ids derived from the input's ids, so that replaying a stream rebuilds the same state."""
-    return str(uuid.uuid5(NS, ":".join(parts)))
+class Rejected(Exception):
+    """This record cannot be applied; the reason goes to its outcome."""
 
 
-async def record_visits(conn: asyncpg.Connection, event: CloudEvent, *, clock: Clock) -> None:
-    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction."""
+def _batch(model: type[BaseModel], event: CloudEvent):
     try:
-        batch = VisitsSubmitted.model_validate(event.data)
+        return model.model_validate(event.data)
     except ValidationError as e:
-        raise Permanent(f"not a valid visit batch: {e.errors()[:3]}") from e
+        raise Permanent(f"not a valid {model.__name__}: {e.errors()[:3]}") from e
+
+
+async def _settle(conn: asyncpg.Connection, submission_id: str, outcomes: list[RecordOutcome], at: datetime) -> None:
+    data = SubmissionSettled(submission_id=submission_id, outcomes=outcomes)
+    await emit(conn, data, id=derived_id("settled", submission_id), key=None, time=at)
+
+
+async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
+    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction."""
+    batch = _batch(VisitsSubmitted, event_)
     codes = sorted({r.household_code for r in batch.records})
     households = {
         r["code"]: r
@@ -44,7 +63,7 @@ async def record_visits(conn: asyncpg.Connection, event: CloudEvent, *, clock: C
     }
     latest_allowed = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
     outcomes: list[RecordOutcome] = []
-    rows, events = [], []
+    rows, events, versions = [], [], []
     for index, record in enumerate(batch.records):
         household = households.get(record.household_code)
         if household is None:
@@ -68,7 +87,17 @@ async def record_visits(conn: asyncpg.Connection, event: CloudEvent, *, clock: C
                 record.note,
                 batch.submission_id,
                 index,
-                event.time,
+                event_.time,
+            )
+        )
+        versions.append(
+            (
+                record.household_code,
+                visit_id,
+                {"visited_at": record.visited_at.isoformat(), "concerns": [c.value for c in record.concerns]},
+                batch.submitter.sub,
+                batch.submission_id,
+                event_.time,
             )
         )
         recorded = VisitRecorded(
@@ -84,17 +113,7 @@ async def record_visits(conn: asyncpg.Connection, event: CloudEvent, *, clock: C
             record_index=index,
         )
         events.append(
-            (
-                new_event(
-                    id=derived_id("visit.recorded", visit_id),
-                    type="org.jinshui.registry.visit.recorded.v1",
-                    source=SOURCE,
-                    subject=record.household_code,
-                    time=event.time,
-                    data=recorded,
-                ),
-                streams.keyed(streams.REGISTRY_VISIT_RECORDED, record.household_code),
-            )
+            event(recorded, id=derived_id("visit.recorded", visit_id), key=record.household_code, time=event_.time)
         )
         outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.applied, ref=visit_id))
     if rows:
@@ -104,12 +123,268 @@ async def record_visits(conn: asyncpg.Connection, event: CloudEvent, *, clock: C
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING""",
             rows,
         )
-    settled = new_event(
-        id=derived_id("settled", batch.submission_id),
-        type="org.jinshui.registry.submission.settled.v1",
-        source=SOURCE,
-        subject=batch.submission_id,
-        time=event.time,
-        data=SubmissionSettled(submission_id=batch.submission_id, outcomes=outcomes),
+        await conn.executemany(
+            """INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
+               VALUES ($1, 'visit', $2, 'recorded', $3, $4, $5, $6)
+               ON CONFLICT (entity, entity_id, action) DO NOTHING""",
+            versions,
+        )
+    await outbox.add_many(conn, events)
+    await _settle(conn, batch.submission_id, outcomes, event_.time)
+
+
+# --- residencies: each record applied whole in its own savepoint, or rejected with the reason --------------
+Apply = Callable[[asyncpg.Connection, object, int], Awaitable[str]]
+
+
+async def _per_record(conn: asyncpg.Connection, submission_id: str, records: list, apply: Apply, at: datetime):
+    outcomes = []
+    for index, record in enumerate(records):
+        try:
+            async with conn.transaction():
+                ref = await apply(conn, record, index)
+            outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.applied, ref=ref))
+        except Rejected as e:
+            outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.rejected, reason=str(e)))
+    await _settle(conn, submission_id, outcomes, at)
+
+
+async def _household(conn, code: str) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT code, grid, beat, house_id FROM households WHERE code = $1", code)
+    if row is None:
+        raise Rejected(f"household {code} is not registered")
+    return row
+
+
+def _person_id(ref: PersonRef) -> str:
+    return ref.person_id or derived_id("person", ref.id_number.hash)  # type: ignore[union-attr]
+
+
+def _not_future(at: datetime, what: str, latest: datetime) -> None:
+    if at > latest:
+        raise Rejected(f"{what} {at.isoformat()} is in the future")
+
+
+class Residencies:
+    """Arrivals (人来登记), departures (人走注销) and moves, as one submission's records are applied."""
+
+    def __init__(self, *, clock: Clock, event_: CloudEvent, batch) -> None:
+        self.batch, self.at = batch, event_.time
+        self.sid, self.actor = batch.submission_id, batch.submitter.sub
+        self.latest = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
+
+    async def arrive(self, conn, record: ArrivalRecord, index: int) -> str:
+        _not_future(record.arrived_at, "arrived_at", self.latest)
+        if record.expected_end is not None and record.expected_end <= record.arrived_at:
+            raise Rejected("expected_end is not after arrived_at")
+        household = await _household(conn, record.household_code)
+        p = record.person
+        person_id = derived_id("person", p.id_number.hash)
+        await conn.execute(
+            """INSERT INTO persons (id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, registered_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
+                   phone_hash = coalesce(EXCLUDED.phone_hash, persons.phone_hash),
+                   phone = coalesce(EXCLUDED.phone, persons.phone),
+                   birth_date = coalesce(EXCLUDED.birth_date, persons.birth_date),
+                   sex = coalesce(EXCLUDED.sex, persons.sex)""",
+            person_id,
+            p.name,
+            p.id_number.hash,
+            p.id_number.model_dump(),
+            p.phone.hash if p.phone else None,
+            p.phone.model_dump() if p.phone else None,
+            p.birth_date,
+            p.sex,
+            self.at,
+        )
+        residency_id = derived_id("residency", self.sid, str(index))
+        await self._open(
+            conn,
+            household,
+            residency_id=residency_id,
+            person_id=person_id,
+            id_hash=p.id_number.hash,
+            kind=record.kind,
+            arrived_at=record.arrived_at,
+            expected_end=record.expected_end,
+            index=index,
+        )
+        return residency_id
+
+    async def depart(self, conn, record: DepartureRecord, index: int) -> str:
+        _not_future(record.departed_at, "departed_at", self.latest)
+        household = await _household(conn, record.household_code)
+        stay = await self._close(
+            conn, household, _person_id(record.person), record.departed_at, record.reason or "departed", index
+        )
+        return stay["id"]
+
+    async def move(self, conn, record: MoveRecord, index: int) -> str:
+        _not_future(record.moved_at, "moved_at", self.latest)
+        if record.from_household == record.to_household:
+            raise Rejected("from_household and to_household are the same household")
+        there = await _household(conn, record.from_household)
+        here = await _household(conn, record.to_household)
+        move_id = derived_id("move", self.sid, str(index))
+        stay = await self._close(
+            conn, there, _person_id(record.person), record.moved_at, f"moved to {here['code']}", index, move_id
+        )
+        residency_id = derived_id("residency", self.sid, str(index))
+        await self._open(
+            conn,
+            here,
+            residency_id=residency_id,
+            person_id=stay["person_id"],
+            id_hash=stay["id_hash"],
+            kind=record.kind or ResidencyKind(stay["kind"]),
+            arrived_at=record.moved_at,
+            expected_end=record.expected_end,
+            index=index,
+            move_id=move_id,
+        )
+        return residency_id
+
+    async def _open(
+        self, conn, household, *, residency_id, person_id, id_hash, kind, arrived_at, expected_end, index, move_id=None
+    ):
+        current = await conn.fetchrow(
+            "SELECT household_code, arrived_at FROM residencies WHERE person_id = $1 AND departed_at IS NULL",
+            person_id,
+        )
+        if current is not None:
+            if current["household_code"] == household["code"]:
+                raise Rejected(f"the person is already resident in household {household['code']}")
+            raise Rejected(
+                f"the person is resident in household {current['household_code']}: submit a move, not an arrival"
+            )
+        await conn.execute(
+            """INSERT INTO residencies (id, person_id, household_code, kind, arrived_at, expected_end,
+                                        arrival_submission) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            residency_id,
+            person_id,
+            household["code"],
+            kind.value,
+            arrived_at,
+            expected_end,
+            self.sid,
+        )
+        data = ResidentArrived(
+            residency_id=residency_id,
+            person_id=person_id,
+            id_hash=id_hash,
+            household_code=household["code"],
+            house_id=household["house_id"],
+            grid=household["grid"],
+            beat=household["beat"],
+            kind=kind,
+            arrived_at=arrived_at,
+            expected_end=expected_end,
+            submission_id=self.sid,
+            record_index=index,
+            move_id=move_id,
+        )
+        await emit(conn, data, id=derived_id("resident.arrived", residency_id), key=household["code"], time=self.at)
+        await history(
+            conn,
+            household_code=household["code"],
+            entity="residency",
+            entity_id=residency_id,
+            action="arrived",
+            actor=self.actor,
+            at=self.at,
+            submission_id=self.sid,
+            data={"person_id": person_id, "kind": kind.value, "arrived_at": arrived_at.isoformat(), "move_id": move_id},
+        )
+
+    async def _close(
+        self, conn, household, person_id: str, departed_at: datetime, reason: str, index: int, move_id=None
+    ):
+        stay = await conn.fetchrow(
+            """SELECT r.id, r.person_id, r.kind, r.arrived_at, p.id_hash FROM residencies r
+               JOIN persons p ON p.id = r.person_id
+               WHERE r.person_id = $1 AND r.household_code = $2 AND r.departed_at IS NULL FOR UPDATE OF r""",
+            person_id,
+            household["code"],
+        )
+        if stay is None:
+            last = await conn.fetchval(
+                """SELECT max(departed_at) FROM residencies WHERE person_id = $1 AND household_code = $2""",
+                person_id,
+                household["code"],
+            )
+            if last is not None:
+                raise Rejected(f"the person already departed from household {household['code']} on {last.isoformat()}")
+            raise Rejected(f"the person is not resident in household {household['code']}")
+        if departed_at < stay["arrived_at"]:
+            arrived = stay["arrived_at"].isoformat()
+            raise Rejected(f"the departure ({departed_at.isoformat()}) is dated before the arrival ({arrived})")
+        await conn.execute(
+            """UPDATE residencies SET departed_at = $2, departure_reason = $3, departure_submission = $4,
+                      departure_check = false WHERE id = $1""",
+            stay["id"],
+            departed_at,
+            reason,
+            self.sid,
+        )
+        data = ResidentDeparted(
+            residency_id=stay["id"],
+            person_id=person_id,
+            id_hash=stay["id_hash"],
+            household_code=household["code"],
+            grid=household["grid"],
+            beat=household["beat"],
+            departed_at=departed_at,
+            reason=reason,
+            submission_id=self.sid,
+            record_index=index,
+            move_id=move_id,
+        )
+        await emit(conn, data, id=derived_id("resident.departed", stay["id"]), key=household["code"], time=self.at)
+        await history(
+            conn,
+            household_code=household["code"],
+            entity="residency",
+            entity_id=stay["id"],
+            action="departed",
+            actor=self.actor,
+            at=self.at,
+            submission_id=self.sid,
+            data={"person_id": person_id, "departed_at": departed_at.isoformat(), "reason": reason, "move_id": move_id},
+        )
+        return stay
+
+
+async def record_arrivals(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
+    batch = _batch(ArrivalsSubmitted, event_)
+    r = Residencies(clock=clock, event_=event_, batch=batch)
+    await _per_record(conn, batch.submission_id, batch.records, r.arrive, event_.time)
+
+
+async def record_departures(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
+    batch = _batch(DeparturesSubmitted, event_)
+    r = Residencies(clock=clock, event_=event_, batch=batch)
+    await _per_record(conn, batch.submission_id, batch.records, r.depart, event_.time)
+
+
+async def record_moves(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
+    batch = _batch(MovesSubmitted, event_)
+    r = Residencies(clock=clock, event_=event_, batch=batch)
+    await _per_record(conn, batch.submission_id, batch.records, r.move, event_.time)
+
+
+async def index_audit(conn: asyncpg.Connection, event_: CloudEvent) -> None:
+    """Keep the registry's index of the AUDIT stream, for GET /v1/audit."""
+    read = _batch(PersonalDataRead, event_)
+    await conn.execute(
+        """INSERT INTO audit_reads (read_id, reader, reader_role, purpose, person_ids, fields, resource, read_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (read_id) DO NOTHING""",
+        read.read_id,
+        read.reader,
+        read.reader_role,
+        read.purpose,
+        read.person_ids,
+        read.fields,
+        read.resource,
+        read.read_at,
     )
-    await outbox.add_many(conn, [*events, (settled, streams.REGISTRY_SUBMISSION_SETTLED)])

@@ -1,27 +1,53 @@
-"""Registry bootstrap: wires settings, the intake consumer and the API."""
+"""Registry bootstrap: wires settings, the intake and audit consumers and the API."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
 
+from jinshui.contracts import registry as contracts
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.registry import api, handlers
+from jinshui.registry import api, areas, handlers
 from jinshui.registry.settings import RegistrySettings
+
+INTAKE_HANDLERS = {
+    "org.jinshui.intake.visit.submitted.v1": handlers.record_visits,
+    "org.jinshui.intake.arrival.submitted.v1": handlers.record_arrivals,
+    "org.jinshui.intake.departure.submitted.v1": handlers.record_departures,
+    "org.jinshui.intake.move.submitted.v1": handlers.record_moves,
+}
 
 
 def build(settings: RegistrySettings | None = None) -> Service:
     settings = settings or RegistrySettings()
     svc = Service(name="registry", settings=settings, migrations=Path(__file__).parent / "migrations")
+    svc.app.state.keyring = settings.pii_keyring()
+    by_type = {t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}
+
+    async def intake(conn, event):
+        handler = by_type.get(event.type)
+        if handler is None:
+            raise handlers.Permanent(f"the registry does not take {event.type}")
+        await handler(conn, event)
+
     svc.consumer(
         ConsumerSpec(
             durable="registry-intake",
             stream=streams.INTAKE,
-            subjects=[streams.INTAKE_VISITS],
-            handler=partial(handlers.record_visits, clock=svc.clock),
+            subjects=[
+                streams.INTAKE_VISITS,
+                contracts.INTAKE_ARRIVALS,
+                contracts.INTAKE_DEPARTURES,
+                contracts.INTAKE_MOVES,
+            ],
+            handler=intake,
         )
     )
+    svc.consumer(
+        ConsumerSpec(durable="registry-audit", stream=streams.AUDIT, subjects=["audit.>"], handler=handlers.index_audit)
+    )
+    svc.app.include_router(areas.router)
     svc.app.include_router(api.router)
     return svc

@@ -1,0 +1,76 @@
+"""What the registry writes besides its tables: events through the kit's outbox, and the history rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from jinshui.contracts import registry as contracts
+from jinshui.contracts import streams
+from jinshui.contracts.base import Contract
+from jinshui.contracts.envelope import CloudEvent, new_event
+from jinshui.contracts.events import TYPE_OF
+from jinshui.kit import outbox
+
+SOURCE = "/jinshui/registry"
+NS = uuid.UUID("6f1c1f7e-8f4e-4a43-9b7a-6a1f0d6c2b11")
+
+# The subject each event type is published on (the ordering key is appended).
+SUBJECT_OF: dict[type[Contract], str] = {
+    contracts.HouseholdRegistered: streams.REGISTRY_HOUSEHOLD_REGISTERED,
+    contracts.VisitRecorded: streams.REGISTRY_VISIT_RECORDED,
+    contracts.SubmissionSettled: streams.REGISTRY_SUBMISSION_SETTLED,
+    contracts.GridDefined: contracts.REGISTRY_GRID_DEFINED,
+    contracts.BeatDefined: contracts.REGISTRY_BEAT_DEFINED,
+    contracts.CoverageChanged: contracts.REGISTRY_COVERAGE_CHANGED,
+    contracts.AssignmentChanged: contracts.REGISTRY_ASSIGNMENT_CHANGED,
+    contracts.ResidentArrived: contracts.REGISTRY_RESIDENT_ARRIVED,
+    contracts.ResidentDeparted: contracts.REGISTRY_RESIDENT_DEPARTED,
+}
+
+
+def derived_id(*parts: str) -> str:
+    """Ids derived from the input's ids, so that replaying a stream rebuilds the same state."""
+    return str(uuid.uuid5(NS, ":".join(parts)))
+
+
+def event(data: Contract, *, id: str, key: str | None, time: datetime) -> tuple[CloudEvent, str]:
+    """The event for `data` and its subject (keyed by `key` when given: a household code, an area)."""
+    subject = SUBJECT_OF[type(data)]
+    made = new_event(id=id, type=TYPE_OF[type(data)], source=SOURCE, subject=key, time=time, data=data)
+    return made, streams.keyed(subject, key) if key else subject
+
+
+async def emit(conn: asyncpg.Connection, data: Contract, *, id: str, key: str | None, time: datetime) -> None:
+    """Record one event in the caller's transaction."""
+    await outbox.add_many(conn, [event(data, id=id, key=key, time=time)])
+
+
+async def history(
+    conn: asyncpg.Connection,
+    *,
+    household_code: str,
+    entity: str,
+    entity_id: str,
+    action: str,
+    actor: str,
+    at: datetime,
+    data: dict[str, Any] | None = None,
+    submission_id: str | None = None,
+) -> None:
+    """One version of a household's file (a replayed change is recorded once)."""
+    await conn.execute(
+        """INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (entity, entity_id, action) DO NOTHING""",
+        household_code,
+        entity,
+        entity_id,
+        action,
+        data or {},
+        actor,
+        submission_id,
+        at,
+    )
