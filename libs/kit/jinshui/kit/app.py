@@ -209,6 +209,49 @@ class Service:
         checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "down"
         return checks
 
+    async def status(self) -> dict:
+        """What the ops team needs of this service: readiness, version, uptime, consumer lag, outbox backlog."""
+        checks = await self.readiness()
+        out: dict = {
+            "service": self.name,
+            "version": self.version,
+            "ready": self._ready and all(v == "ok" for v in checks.values()),
+            "checks": checks,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "consumers": [],
+            "last_error": self.boot_error,
+        }
+        for consumer in self.consumers:
+            entry = {
+                "durable": consumer.spec.durable,
+                "stream": consumer.stream_name,
+                "last_error": consumer.last_error,
+            }
+            try:
+                info = await asyncio.wait_for(self.js.consumer_info(consumer.stream_name, consumer.spec.durable), 2)
+                entry.update(
+                    pending=info.num_pending,
+                    awaiting_ack=info.num_ack_pending,
+                    redelivered=info.num_redelivered,
+                )
+                metrics.CONSUMER_PENDING.labels(consumer.spec.durable).set(info.num_pending or 0)
+                metrics.CONSUMER_ACK_PENDING.labels(consumer.spec.durable).set(info.num_ack_pending or 0)
+            except Exception as e:
+                entry["error"] = repr(e)
+            out["consumers"].append(entry)
+            out["last_error"] = out["last_error"] or consumer.last_error
+        if self.relay is not None and self._ready:
+            try:
+                out["outbox"] = {
+                    "backlog": await self.relay.backlog(),
+                    "oldest_unpublished_seconds": await self.relay.oldest_age(),
+                    "last_error": self.relay.last_error,
+                }
+                out["last_error"] = out["last_error"] or self.relay.last_error
+            except Exception as e:
+                out["outbox"] = {"error": repr(e)}
+        return out
+
     def _health_routes(self) -> None:
         app = self.app
 
@@ -224,11 +267,15 @@ class Service:
             body = {"status": "ready" if ok else "not ready", "service": self.name, "checks": checks}
             return JSONResponse(body, status_code=200 if ok else 503)
 
+        @app.get("/status", include_in_schema=False)
+        async def status() -> JSONResponse:
+            return JSONResponse(await self.status())
+
         @app.get("/metrics", include_in_schema=False)
         async def prometheus() -> Response:
-            if self.relay is not None and self._ready:
+            if self._ready:
                 with contextlib.suppress(Exception):
-                    await self.relay.backlog()
+                    await self.status()  # refreshes the lag and backlog gauges
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     def run(self) -> None:

@@ -108,6 +108,14 @@ class OutboxRelay:
         metrics.OUTBOX_BACKLOG.labels(self.service).set(n)
         return n
 
+    async def oldest_age(self) -> float:
+        """Seconds since the oldest unpublished row was written (0 when none wait)."""
+        age = await self.pool.fetchval(
+            "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox WHERE published_at IS NULL"
+        )
+        metrics.OUTBOX_OLDEST.labels(self.service).set(float(age))
+        return round(float(age), 3)
+
     async def run(self) -> None:
         """Publish until stopped; never gives up on a row."""
         listener = asyncio.create_task(self._listen())
