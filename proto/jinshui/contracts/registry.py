@@ -21,6 +21,10 @@ REGISTRY_ASSIGNMENT_CHANGED = "registry.assignment.changed"
 REGISTRY_RESIDENT_ARRIVED = "registry.resident.arrived"
 REGISTRY_RESIDENT_DEPARTED = "registry.resident.departed"
 AUDIT_PII_READ = "audit.pii.read"
+INTAKE_LETTINGS = "intake.letting.submitted"
+INTAKE_LETTING_STOPS = "intake.letting_stop.submitted"
+REGISTRY_LETTING_REGISTERED = "registry.letting.registered"
+REGISTRY_LETTING_STOPPED = "registry.letting.stopped"
 
 
 class VisitConcern(StrEnum):
@@ -255,6 +259,62 @@ class ResidentDeparted(Contract):
     move_id: str | None = None
 
 
+# --- lettings (租有登记，停有核销) ---------------------------------------------------------------------------
+class LettingRecord(Contract):
+    """A house let: registered while let."""
+
+    household_code: HouseholdCode
+    landlord: str = Field(min_length=1, max_length=64)
+    tenants: list[PersonRef] = Field(min_length=1, max_length=20)
+    starts_on: date
+    expected_end: date | None = None
+
+
+class LettingsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[LettingRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class LettingStop(Contract):
+    """A letting stopped: written off, and its tenants' residencies marked for a departure check."""
+
+    letting_id: str
+    stopped_on: date
+    reason: str = Field(default="", max_length=500)
+
+
+class LettingStopsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[LettingStop] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class LettingRegistered(Contract):
+    letting_id: str
+    household_code: HouseholdCode
+    house_id: str | None = None
+    grid: AreaCode
+    beat: AreaCode
+    tenants: list[str] = Field(description="person ids")
+    starts_on: date
+    expected_end: date | None = None
+    submission_id: str
+
+
+class LettingStopped(Contract):
+    letting_id: str
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    stopped_on: date
+    reason: str
+    departure_checks: list[str] = Field(description="person ids whose residency here is marked for a departure check")
+    submission_id: str
+
+
 # --- access audit: who read whose personal data, when and why -------------------------------------------------
 class PersonalDataRead(Contract):
     """Personal data was shown in clear (on the AUDIT stream; the read fails unless this is acknowledged)."""
@@ -285,5 +345,9 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.registry.resident.arrived.v1": ResidentArrived,
     "org.jinshui.registry.resident.departed.v1": ResidentDeparted,
     "org.jinshui.audit.pii.read.v1": PersonalDataRead,
+    "org.jinshui.intake.letting.submitted.v1": LettingsSubmitted,
+    "org.jinshui.intake.letting_stop.submitted.v1": LettingStopsSubmitted,
+    "org.jinshui.registry.letting.registered.v1": LettingRegistered,
+    "org.jinshui.registry.letting.stopped.v1": LettingStopped,
 }
 TYPES_BY_MODEL: dict[type[Contract], str] = {model: t for t, model in TYPES.items()}

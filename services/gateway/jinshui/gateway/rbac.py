@@ -54,6 +54,8 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/residents/arrivals"): RESIDENCY_SUBMITTERS,
     ("POST", "/v1/residents/departures"): RESIDENCY_SUBMITTERS,
     ("POST", "/v1/residents/moves"): RESIDENCY_SUBMITTERS,
+    ("POST", "/v1/lettings"): RESIDENCY_SUBMITTERS,
+    ("POST", "/v1/lettings/{letting_id}/stop"): RESIDENCY_SUBMITTERS,
     ("GET", "/v1/alerts"): ("police",),
     ("GET", "/v1/alerts/stream"): ("police",),
     **INCIDENT_ROLES,

@@ -308,3 +308,64 @@ async def moves(
         ]
 
     return await _submit(request, svc, caller, prefer, kind="moves", model=contracts.MovesSubmitted, records=records)
+
+
+class LettingIn(DoorModel):
+    household_code: HouseholdCode
+    landlord: str = Field(min_length=1, max_length=64)
+    tenants: list[PersonRefIn] = Field(min_length=1, max_length=20)
+    starts_on: date
+    expected_end: date | None = None
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> LettingIn:
+        if self.expected_end is not None and self.expected_end <= self.starts_on:
+            raise ValueError("the letting ends before it starts (expected_end is not after starts_on)")
+        return self
+
+
+class Lettings(DoorModel):
+    lettings: list[LettingIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class StopLetting(DoorModel):
+    stopped_on: date
+    reason: str = Field(default="", max_length=500)
+
+
+@router.post("/lettings", status_code=202)
+async def lettings(
+    batch: Lettings,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/lettings")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.LettingRecord(
+                **item.model_dump(exclude={"tenants"}), tenants=[_ref(keyring, t) for t in item.tenants]
+            )
+            for item in batch.lettings
+        ]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="lettings", model=contracts.LettingsSubmitted, records=records
+    )
+
+
+@router.post("/lettings/{letting_id}/stop", status_code=202)
+async def stop_letting(
+    letting_id: str,
+    body: StopLetting,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/lettings/{letting_id}/stop")],
+    prefer: Prefer = None,
+):
+    def records(_keyring: Keyring):
+        return [contracts.LettingStop(letting_id=letting_id, **body.model_dump())]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="letting_stops", model=contracts.LettingStopsSubmitted, records=records
+    )

@@ -154,6 +154,7 @@ async def household_card(
         row = await _find_household(conn, code)
         residents = await views.residents(conn, row["code"])
         visits = await views.last_visits(conn, row["code"])
+        lettings = await views.lettings(conn, row["code"])
     if whole and residents:
         await disclosure.audit_read(
             svc,
@@ -188,6 +189,7 @@ async def household_card(
             }
             for r in residents
         ],
+        "lettings": lettings,
         "visits": visits,
         "personal_data": "whole" if whole else "masked",
     }

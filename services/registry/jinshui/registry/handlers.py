@@ -21,6 +21,12 @@ from jinshui.contracts.registry import (
     ArrivalsSubmitted,
     DepartureRecord,
     DeparturesSubmitted,
+    LettingRecord,
+    LettingRegistered,
+    LettingsSubmitted,
+    LettingStop,
+    LettingStopped,
+    LettingStopsSubmitted,
     MoveRecord,
     MovesSubmitted,
     PersonalDataRead,
@@ -371,6 +377,118 @@ async def record_moves(conn: asyncpg.Connection, event_: CloudEvent, *, clock: C
     batch = _batch(MovesSubmitted, event_)
     r = Residencies(clock=clock, event_=event_, batch=batch)
     await _per_record(conn, batch.submission_id, batch.records, r.move, event_.time)
+
+
+class Lettings:
+    """Lettings registered while let (租有登记) and written off when they stop (停有核销)."""
+
+    def __init__(self, *, event_: CloudEvent, batch) -> None:
+        self.at, self.sid, self.actor = event_.time, batch.submission_id, batch.submitter.sub
+
+    async def register(self, conn, record: LettingRecord, index: int) -> str:
+        if record.expected_end is not None and record.expected_end <= record.starts_on:
+            raise Rejected("the letting ends before it starts (expected_end is not after starts_on)")
+        household = await _household(conn, record.household_code)
+        tenants = []
+        for i, ref in enumerate(record.tenants):
+            person_id = _person_id(ref)
+            if not await conn.fetchval("SELECT 1 FROM persons WHERE id = $1", person_id):
+                raise Rejected(f"tenants[{i}] is not a registered person: register their arrival first")
+            tenants.append(person_id)
+        letting_id = derived_id("letting", self.sid, str(index))
+        await conn.execute(
+            """INSERT INTO lettings (id, household_code, landlord, starts_on, expected_end, submission_id,
+                                     registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            letting_id,
+            household["code"],
+            record.landlord,
+            record.starts_on,
+            record.expected_end,
+            self.sid,
+            self.at,
+        )
+        await conn.executemany(
+            "INSERT INTO letting_tenants (letting_id, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(letting_id, t) for t in tenants],
+        )
+        data = LettingRegistered(
+            letting_id=letting_id,
+            household_code=household["code"],
+            house_id=household["house_id"],
+            grid=household["grid"],
+            beat=household["beat"],
+            tenants=tenants,
+            starts_on=record.starts_on,
+            expected_end=record.expected_end,
+            submission_id=self.sid,
+        )
+        await emit(conn, data, id=derived_id("letting.registered", letting_id), key=household["code"], time=self.at)
+        await self._history(conn, household["code"], letting_id, "registered", data)
+        return letting_id
+
+    async def stop(self, conn, record: LettingStop, index: int) -> str:
+        letting = await conn.fetchrow(
+            "SELECT id, household_code, starts_on, stopped_on FROM lettings WHERE id = $1 FOR UPDATE",
+            record.letting_id,
+        )
+        if letting is None:
+            raise Rejected(f"no letting {record.letting_id}")
+        if letting["stopped_on"] is not None:
+            raise Rejected(f"the letting was already written off on {letting['stopped_on'].isoformat()}")
+        if record.stopped_on < letting["starts_on"]:
+            raise Rejected(f"the letting cannot stop before it started ({letting['starts_on'].isoformat()})")
+        household = await _household(conn, letting["household_code"])
+        await conn.execute(
+            "UPDATE lettings SET stopped_on = $2, stop_reason = $3 WHERE id = $1",
+            letting["id"],
+            record.stopped_on,
+            record.reason,
+        )
+        marked = await conn.fetch(
+            """UPDATE residencies r SET departure_check = true FROM letting_tenants t
+               WHERE t.letting_id = $1 AND r.person_id = t.person_id AND r.household_code = $2
+                 AND r.departed_at IS NULL RETURNING r.person_id""",
+            letting["id"],
+            household["code"],
+        )
+        data = LettingStopped(
+            letting_id=letting["id"],
+            household_code=household["code"],
+            grid=household["grid"],
+            beat=household["beat"],
+            stopped_on=record.stopped_on,
+            reason=record.reason,
+            departure_checks=sorted(r["person_id"] for r in marked),
+            submission_id=self.sid,
+        )
+        await emit(conn, data, id=derived_id("letting.stopped", letting["id"]), key=household["code"], time=self.at)
+        await self._history(conn, household["code"], letting["id"], "stopped", data)
+        return letting["id"]
+
+    async def _history(self, conn, code: str, letting_id: str, action: str, data) -> None:
+        await history(
+            conn,
+            household_code=code,
+            entity="letting",
+            entity_id=letting_id,
+            action=action,
+            actor=self.actor,
+            at=self.at,
+            submission_id=self.sid,
+            data=data.model_dump(mode="json"),
+        )
+
+
+async def record_lettings(conn: asyncpg.Connection, event_: CloudEvent) -> None:
+    batch = _batch(LettingsSubmitted, event_)
+    await _per_record(
+        conn, batch.submission_id, batch.records, Lettings(event_=event_, batch=batch).register, event_.time
+    )
+
+
+async def record_letting_stops(conn: asyncpg.Connection, event_: CloudEvent) -> None:
+    batch = _batch(LettingStopsSubmitted, event_)
+    await _per_record(conn, batch.submission_id, batch.records, Lettings(event_=event_, batch=batch).stop, event_.time)
 
 
 async def index_audit(conn: asyncpg.Connection, event_: CloudEvent) -> None:

@@ -18,13 +18,17 @@ INTAKE_HANDLERS = {
     "org.jinshui.intake.departure.submitted.v1": handlers.record_departures,
     "org.jinshui.intake.move.submitted.v1": handlers.record_moves,
 }
+UNTIMED_HANDLERS = {
+    "org.jinshui.intake.letting.submitted.v1": handlers.record_lettings,
+    "org.jinshui.intake.letting_stop.submitted.v1": handlers.record_letting_stops,
+}
 
 
 def build(settings: RegistrySettings | None = None) -> Service:
     settings = settings or RegistrySettings()
     svc = Service(name="registry", settings=settings, migrations=Path(__file__).parent / "migrations")
     svc.app.state.keyring = settings.pii_keyring()
-    by_type = {t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}
+    by_type = {**{t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}, **UNTIMED_HANDLERS}
 
     async def intake(conn, event):
         handler = by_type.get(event.type)
@@ -41,6 +45,8 @@ def build(settings: RegistrySettings | None = None) -> Service:
                 contracts.INTAKE_ARRIVALS,
                 contracts.INTAKE_DEPARTURES,
                 contracts.INTAKE_MOVES,
+                contracts.INTAKE_LETTINGS,
+                contracts.INTAKE_LETTING_STOPS,
             ],
             handler=intake,
         )

@@ -29,6 +29,8 @@ SUBJECT_OF: dict[type[Contract], str] = {
     contracts.AssignmentChanged: contracts.REGISTRY_ASSIGNMENT_CHANGED,
     contracts.ResidentArrived: contracts.REGISTRY_RESIDENT_ARRIVED,
     contracts.ResidentDeparted: contracts.REGISTRY_RESIDENT_DEPARTED,
+    contracts.LettingRegistered: contracts.REGISTRY_LETTING_REGISTERED,
+    contracts.LettingStopped: contracts.REGISTRY_LETTING_STOPPED,
 }
 
 

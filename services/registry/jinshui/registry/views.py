@@ -42,6 +42,18 @@ async def last_visits(conn, code: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+async def lettings(conn, code: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT l.id AS letting_id, l.landlord, l.starts_on, l.expected_end, l.stopped_on, l.stop_reason,
+                  coalesce(array_agg(t.person_id ORDER BY t.person_id) FILTER (WHERE t.person_id IS NOT NULL), '{}')
+                      AS tenants
+           FROM lettings l LEFT JOIN letting_tenants t ON t.letting_id = l.id
+           WHERE l.household_code = $1 GROUP BY l.id ORDER BY l.starts_on DESC""",
+        code,
+    )
+    return [dict(r) for r in rows]
+
+
 async def history(conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT seq AS version, entity, entity_id, action, data, actor, submission_id, at
