@@ -76,11 +76,17 @@ class Desk:
         return await self.http.post(f"/v1/incidents/{incident_id}/transitions", json=body, headers=self.auth(role, sub))
 
 
-@pytest_asyncio.fixture
-async def desk(stack, service_env):
+async def open_desk(stack, service_env) -> Desk:
+    """Registry, incidents and the gateway (risk is not needed here), and a client of the gateway."""
     s = await stack(services=SERVICES)
     d = Desk(s.url("gateway"), service_env["JINSHUI_HOME"])
     d.stack = s
+    return d
+
+
+@pytest_asyncio.fixture
+async def desk(stack, service_env):
+    d = await open_desk(stack, service_env)
     yield d
     await d.http.aclose()
 
