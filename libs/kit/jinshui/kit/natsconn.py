@@ -77,3 +77,18 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
         await js.add_consumer(stream, config)
     except BadRequestError as e:
         log.warning("consumer config not updated", extra={"consumer": config.durable_name, "error": str(e)})
+
+
+async def publish_event(js: JetStreamContext, naming: Naming, *, event, subject: str, timeout: float = 5.0):
+    """Publish one CloudEvent directly (not through an outbox) and wait for JetStream's ack; raises without it.
+
+    For what must be durable before an answer is given: an accepted submission, the audit of a read.
+    """
+    from jinshui.contracts.envelope import CONTENT_TYPE, encode
+    from jinshui.kit import telemetry
+
+    with telemetry.messaging_span("publish", subject, kind=telemetry.SpanKind.PRODUCER):
+        if event.traceparent is None:
+            event = event.model_copy(update={"traceparent": telemetry.current_traceparent()})
+        headers = telemetry.inject({"Nats-Msg-Id": event.id, "Content-Type": CONTENT_TYPE})
+        return await js.publish(naming.subject(subject), encode(event), headers=headers, timeout=timeout)

@@ -14,11 +14,11 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from jinshui.contracts.envelope import CONTENT_TYPE, CloudEvent, encode, new_event
+from jinshui.contracts.envelope import CloudEvent, new_event
 from jinshui.contracts.events import OutcomeStatus, SubmissionSettled
 from jinshui.contracts.streams import Naming
-from jinshui.kit import telemetry
 from jinshui.kit.consumer import Permanent
+from jinshui.kit.natsconn import publish_event
 from jinshui.kit.tokens import Identity
 
 SOURCE = "/jinshui/gateway"
@@ -63,14 +63,11 @@ class Submissions:
         }
         await self.kv.put(submission_id, orjson.dumps(state))
         event = new_event(type=event_type, source=SOURCE, subject=submission_id, time=received_at, data=data)
-        with telemetry.messaging_span("publish", subject, kind=telemetry.SpanKind.PRODUCER):
-            event = event.model_copy(update={"traceparent": telemetry.current_traceparent()})
-            headers = telemetry.inject({"Nats-Msg-Id": event.id, "Content-Type": CONTENT_TYPE})
-            try:
-                await self.js.publish(self.naming.subject(subject), encode(event), headers=headers, timeout=5)
-            except Exception:
-                await self.kv.delete(submission_id)
-                raise
+        try:
+            await publish_event(self.js, self.naming, event=event, subject=subject)
+        except Exception:
+            await self.kv.delete(submission_id)
+            raise
         return state
 
     async def get(self, submission_id: str) -> dict[str, Any] | None:

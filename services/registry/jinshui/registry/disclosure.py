@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from jinshui.contracts.envelope import CONTENT_TYPE, encode, new_event
+from jinshui.contracts.envelope import new_event
 from jinshui.contracts.registry import AUDIT_PII_READ, PersonalDataRead
+from jinshui.kit.natsconn import publish_event
 from jinshui.kit.pii import Keyring, Protected
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
@@ -52,12 +53,7 @@ async def audit_read(svc, *, caller: Identity, purpose: str, person_ids: list[st
     try:
         if svc.js is None:
             raise RuntimeError("not connected to NATS")
-        await svc.js.publish(
-            svc.naming.subject(AUDIT_PII_READ),
-            encode(event),
-            headers={"Nats-Msg-Id": event.id, "Content-Type": CONTENT_TYPE},
-            timeout=5,
-        )
+        await publish_event(svc.js, svc.naming, event=event, subject=AUDIT_PII_READ)
     except Exception as e:
         raise Problem(
             503,
