@@ -6,7 +6,7 @@ PKGS := proto libs/kit services/registry services/incidents services/risk servic
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt schemas unit clean install
+.PHONY: run test lint fmt schemas unit clean install browser
 
 $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PKGS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ fmt: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m jinshui.contracts.export
 
-test: $(STAMP) lint
+# The desk's browser test drives Debian's Chromium (never `playwright install`), with a CJK font for the console.
+browser:
+	@command -v chromium >/dev/null && fc-list :lang=zh family 2>/dev/null | grep -q . || \
+		(apt-get update && apt-get install -y chromium fonts-wqy-microhei)
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

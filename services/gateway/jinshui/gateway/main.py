@@ -6,7 +6,7 @@ import httpx
 
 from jinshui.contracts import streams
 from jinshui.contracts.incidents import INCIDENTS_SUBMISSION_SETTLED
-from jinshui.gateway import api, incidents_routes, registry_routes
+from jinshui.gateway import api, desk_routes, incidents_routes, registry_routes
 from jinshui.gateway.auth import verifier_from_settings
 from jinshui.gateway.door import DoorMiddleware, RateLimiter
 from jinshui.gateway.feed import AlertFeed
@@ -71,4 +71,5 @@ def build(settings: GatewaySettings | None = None) -> Service:
     svc.app.include_router(api.router)
     svc.app.include_router(registry_routes.router)
     svc.app.include_router(incidents_routes.router)
+    desk_routes.install(svc.app)
     return svc

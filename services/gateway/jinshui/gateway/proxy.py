@@ -29,7 +29,7 @@ async def forward(
         upstream = await client.request(
             request.method,
             base_url.rstrip("/") + path,
-            params=request.query_params,
+            params=list(request.query_params.multi_items()),
             content=body if body is not None else await request.body(),
             headers=headers,
         )
