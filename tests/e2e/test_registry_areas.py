@@ -19,6 +19,7 @@ class Registry(httpx.AsyncClient):
     home: str
     nats_url: str
     prefix: str
+    clock_file: str
 
     def auth(self, role: str, sub: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {issue_token(home=self.home, role=role, sub=sub)}", **extra}
@@ -52,6 +53,14 @@ class Registry(httpx.AsyncClient):
                 found.append(event)
         return found
 
+    @classmethod
+    def through(cls, s, service_env: dict[str, str], servers, stream_prefix: str) -> Registry:
+        """A client of this test's gateway, reading this test's streams and able to move its clock."""
+        client = cls(base_url=s.url("gateway"), timeout=30)
+        client.home, client.nats_url, client.prefix = service_env["JINSHUI_HOME"], servers.nats_url, stream_prefix
+        client.clock_file = service_env["JINSHUI_CLOCK_FILE"]
+        return client
+
     async def set_up_areas(self) -> None:
         for code in ("G01", "G02", "G03"):
             await self.ok("POST", "/v1/grids", json={"code": code, "name": f"第{code[-1]}网格"}, status=201)
@@ -61,8 +70,7 @@ class Registry(httpx.AsyncClient):
 @pytest_asyncio.fixture
 async def registry(stack, service_env, servers, stream_prefix):
     s = await stack(services=("registry", "gateway"))
-    async with Registry(base_url=s.url("gateway"), timeout=30) as client:
-        client.home, client.nats_url, client.prefix = service_env["JINSHUI_HOME"], servers.nats_url, stream_prefix
+    async with Registry.through(s, service_env, servers, stream_prefix) as client:
         yield client
 
 

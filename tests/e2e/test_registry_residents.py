@@ -29,8 +29,7 @@ ZHANG_PHONE = "13812345678"
 @pytest_asyncio.fixture
 async def registry(stack, service_env, servers, stream_prefix):
     s = await stack(services=("registry", "gateway"))
-    async with Registry(base_url=s.url("gateway"), timeout=30) as client:
-        client.home, client.nats_url, client.prefix = service_env["JINSHUI_HOME"], servers.nats_url, stream_prefix
+    async with Registry.through(s, service_env, servers, stream_prefix) as client:
         await client.set_up_areas()
         client.codes = []
         for address in ("金水小区1号楼1单元101", "金水小区2号楼1单元202"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from jinshui.contracts.base import MAX_BATCH, AreaCode, Contract, HouseholdCode, SubmissionSettled, Submitter
 
@@ -25,6 +25,13 @@ INTAKE_LETTINGS = "intake.letting.submitted"
 INTAKE_LETTING_STOPS = "intake.letting_stop.submitted"
 REGISTRY_LETTING_REGISTERED = "registry.letting.registered"
 REGISTRY_LETTING_STOPPED = "registry.letting.stopped"
+INTAKE_TAGS = "intake.tag.submitted"
+INTAKE_TAG_ENDS = "intake.tag_end.submitted"
+INTAKE_RENEWALS = "intake.renewal.submitted"
+REGISTRY_TAG_SET = "registry.tag.set"
+REGISTRY_TAG_ENDED = "registry.tag.ended"
+REGISTRY_RESIDENCY_RENEWED = "registry.residency.renewed"
+REGISTRY_RESIDENCY_EXPIRED = "registry.residency.expired"
 
 
 class VisitConcern(StrEnum):
@@ -315,6 +322,134 @@ class LettingStopped(Contract):
     submission_id: str
 
 
+# --- floating residencies: renewed, or expired with neither departure nor renewal ----------------------------
+class RenewalRecord(Contract):
+    """A floating resident stays on: their residency here gets a new expected end."""
+
+    household_code: HouseholdCode
+    person: PersonRef
+    expected_end: datetime
+
+
+class RenewalsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[RenewalRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ResidencyRenewed(Contract):
+    residency_id: str
+    person_id: str
+    id_hash: str
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    previous_end: datetime | None = None
+    expected_end: datetime
+    submission_id: str
+    record_index: int
+
+
+class ResidencyExpired(Contract):
+    """A floating residency's expected end passed with neither departure nor renewal: confirm the departure."""
+
+    residency_id: str
+    person_id: str
+    id_hash: str
+    household_code: HouseholdCode
+    house_id: str | None = None
+    grid: AreaCode
+    beat: AreaCode
+    kind: ResidencyKind
+    arrived_at: datetime
+    expected_end: datetime
+
+
+# --- tags (标签化管理): on a person or a household, with since / until, who set it and why ---------------------
+TagCode = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class TagRecord(Contract):
+    """Set a tag on a person (by id or ID number) or on a household (give exactly one)."""
+
+    tag: TagCode
+    person: PersonRef | None = None
+    household_code: HouseholdCode | None = None
+    since: date
+    until: date | None = None
+    reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> TagRecord:
+        if (self.person is None) == (self.household_code is None):
+            raise ValueError("give either person or household_code")
+        if self.until is not None and self.until < self.since:
+            raise ValueError("until is before since")
+        return self
+
+
+class TagsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[TagRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class TagEnd(Contract):
+    """End an open tag (named by its id)."""
+
+    tag_id: str
+    ended_on: date
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TagEndsSubmitted(Contract):
+    submission_id: str
+    submitter: Submitter
+    received_at: datetime
+    records: list[TagEnd] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class TagSet(Contract):
+    """A tag was set. Self-sufficient for the copies others keep: who (person id and keyed ID hash, or only the
+    household), where (household, house, grid, beat), what (tag, whether it is sensitive), since / until, why."""
+
+    tag_id: str
+    tag: str
+    label: str
+    sensitive: bool
+    person_id: str | None = None
+    id_hash: str | None = None
+    household_code: HouseholdCode
+    house_id: str | None = None
+    grid: AreaCode
+    beat: AreaCode
+    since: date
+    until: date | None = None
+    reason: str
+    set_by: str
+    submission_id: str
+    record_index: int
+
+
+class TagEnded(Contract):
+    """A tag ended: by a submitted end, or when its `until` passed (`ended_by` is then `registry`)."""
+
+    tag_id: str
+    tag: str
+    sensitive: bool
+    person_id: str | None = None
+    id_hash: str | None = None
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    ended_on: date
+    reason: str
+    ended_by: str
+    submission_id: str | None = None
+
+
 # --- access audit: who read whose personal data, when and why -------------------------------------------------
 class PersonalDataRead(Contract):
     """Personal data was shown in clear (on the AUDIT stream; the read fails unless this is acknowledged)."""
@@ -349,5 +484,12 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.letting_stop.submitted.v1": LettingStopsSubmitted,
     "org.jinshui.registry.letting.registered.v1": LettingRegistered,
     "org.jinshui.registry.letting.stopped.v1": LettingStopped,
+    "org.jinshui.intake.renewal.submitted.v1": RenewalsSubmitted,
+    "org.jinshui.registry.residency.renewed.v1": ResidencyRenewed,
+    "org.jinshui.registry.residency.expired.v1": ResidencyExpired,
+    "org.jinshui.intake.tag.submitted.v1": TagsSubmitted,
+    "org.jinshui.intake.tag_end.submitted.v1": TagEndsSubmitted,
+    "org.jinshui.registry.tag.set.v1": TagSet,
+    "org.jinshui.registry.tag.ended.v1": TagEnded,
 }
 TYPES_BY_MODEL: dict[type[Contract], str] = {model: t for t, model in TYPES.items()}

@@ -369,3 +369,130 @@ async def stop_letting(
     return await _submit(
         request, svc, caller, prefer, kind="letting_stops", model=contracts.LettingStopsSubmitted, records=records
     )
+
+
+# --- floating residencies: renewed (a new expected end) -------------------------------------------------------
+class RenewalIn(DoorModel):
+    household_code: HouseholdCode
+    person: PersonRefIn
+    expected_end: datetime
+
+
+class Renewals(DoorModel):
+    renewals: list[RenewalIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@router.post("/residents/renewals", status_code=202)
+async def renewals(
+    batch: Renewals,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/residents/renewals")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.RenewalRecord(**r.model_dump(exclude={"person"}), person=_ref(keyring, r.person))
+            for r in batch.renewals
+        ]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="renewals", model=contracts.RenewalsSubmitted, records=records
+    )
+
+
+# --- tags (标签化管理): set and ended in the field, submitted; the kinds are set up by community admins -------
+class TagIn(DoorModel):
+    tag: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
+    person: PersonRefIn | None = None
+    household_code: HouseholdCode | None = None
+    since: date
+    until: date | None = None
+    reason: str = Field(min_length=1, max_length=500, description="why the tag is set")
+
+    @model_validator(mode="after")
+    def _checked(self) -> TagIn:
+        if (self.person is None) == (self.household_code is None):
+            raise ValueError("give either person or household_code")
+        if self.until is not None and self.until < self.since:
+            raise ValueError("until is before since")
+        return self
+
+
+class Tags(DoorModel):
+    tags: list[TagIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class TagEndIn(DoorModel):
+    tag_id: str = Field(min_length=1, max_length=64)
+    ended_on: date
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TagEnds(DoorModel):
+    tags: list[TagEndIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@router.post("/tags", status_code=202)
+async def set_tags(
+    batch: Tags,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/tags")],
+    prefer: Prefer = None,
+):
+    def records(keyring: Keyring):
+        return [
+            contracts.TagRecord(
+                **t.model_dump(exclude={"person"}), person=_ref(keyring, t.person) if t.person else None
+            )
+            for t in batch.tags
+        ]
+
+    return await _submit(request, svc, caller, prefer, kind="tags", model=contracts.TagsSubmitted, records=records)
+
+
+@router.post("/tags/end", status_code=202)
+async def end_tags(
+    batch: TagEnds,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/tags/end")],
+    prefer: Prefer = None,
+):
+    def records(_keyring: Keyring):
+        return [contracts.TagEnd(**t.model_dump()) for t in batch.tags]
+
+    return await _submit(
+        request, svc, caller, prefer, kind="tag_ends", model=contracts.TagEndsSubmitted, records=records
+    )
+
+
+@router.get("/tag-kinds")
+async def tag_kinds(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/tag-kinds")]):
+    return await _to_registry(request, svc, caller, "/v1/tag-kinds")
+
+
+@router.post("/tag-kinds", status_code=201)
+async def define_tag_kind(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/tag-kinds")]
+):
+    return await _to_registry(request, svc, caller, "/v1/tag-kinds")
+
+
+# --- visit coverage ----------------------------------------------------------------------------------------------
+@router.get("/grids/{code}/coverage")
+async def grid_coverage(
+    code: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/grids/{code}/coverage")],
+):
+    return await _to_registry(request, svc, caller, f"/v1/grids/{quote(code, safe='')}/coverage")
+
+
+@router.get("/my/households-due")
+async def my_households_due(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/my/households-due")]
+):
+    return await _to_registry(request, svc, caller, "/v1/my/households-due")

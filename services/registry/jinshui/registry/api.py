@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import asyncpg
@@ -16,7 +17,7 @@ from jinshui.contracts.registry import HouseUse
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.pii import Keyring, PersonalDataError
 from jinshui.kit.problems import Problem
-from jinshui.registry import codes, disclosure, views
+from jinshui.registry import codes, disclosure, scope, tags, views
 from jinshui.registry.areas import unprocessable
 from jinshui.registry.outbox import derived_id, emit, history
 
@@ -133,10 +134,13 @@ async def register_household(body: RegisterHousehold, pool: PoolDep, caller: Cal
         return Household(code=code, address=address, grid=body.grid, beat=beat, house_id=house_id)
 
 
-async def _find_household(conn, code: str) -> asyncpg.Record:
+async def _find_household(conn, code: str, caller=None) -> asyncpg.Record:
     row = await views.household(conn, code)
     if row is None and codes.normalize(code) != code:
         row = await views.household(conn, codes.normalize(code))
+    if row is not None and caller is not None:
+        if not (await scope.of(conn, caller)).covers(grid=row["grid"], beat=row["beat"]):
+            raise Problem(404, f"no household {code} in your grids or beat")
     if row is None:
         typed = codes.normalize(code)
         if codes.looks_generated(typed) and not codes.is_valid(typed):
@@ -151,10 +155,14 @@ async def household_card(
 ):
     whole = disclosure.wants_whole(caller, purpose)
     async with pool.acquire() as conn:
-        row = await _find_household(conn, code)
+        row = await _find_household(conn, code, caller)
         residents = await views.residents(conn, row["code"])
         visits = await views.last_visits(conn, row["code"])
         lettings = await views.lettings(conn, row["code"])
+        tagged = await tags.of_household(conn, row["code"], sensitive=tags.sees_sensitive(caller))
+    by_person: dict[str, list] = {}
+    for t in tagged:
+        by_person.setdefault(t.pop("person_id") or "", []).append(t)
     if whole and residents:
         await disclosure.audit_read(
             svc,
@@ -186,9 +194,12 @@ async def household_card(
                 "phone": disclosure.shown(r["phone"], whole=whole, keyring=keyring),
                 "birth_date": r["birth_date"],
                 "sex": r["sex"],
+                "expired_at": r["expired_at"],
+                "tags": by_person.get(r["person_id"], []),
             }
             for r in residents
         ],
+        "tags": by_person.get("", []),
         "lettings": lettings,
         "visits": visits,
         "personal_data": "whole" if whole else "masked",
@@ -197,7 +208,8 @@ async def household_card(
 
 @router.get("/households/{code}/qr")
 async def household_qr(code: str, pool: PoolDep, caller: CallerDep, format: Literal["svg", "png"] = "svg"):
-    row = await _find_household(pool, code)
+    async with pool.acquire() as conn:
+        row = await _find_household(conn, code, caller)
     qr = segno.make(row["code"], error="m")
     out = io.BytesIO()
     if format == "png":
@@ -210,7 +222,7 @@ async def household_qr(code: str, pool: PoolDep, caller: CallerDep, format: Lite
 @router.get("/households/{code}/history")
 async def household_history(code: str, pool: PoolDep, caller: CallerDep):
     async with pool.acquire() as conn:
-        row = await _find_household(conn, code)
+        row = await _find_household(conn, code, caller)
         return {"code": row["code"], "versions": await views.history(conn, row["code"])}
 
 
@@ -237,14 +249,16 @@ async def search_persons(body: PersonSearch, pool: PoolDep, caller: CallerDep, k
         phone_hash = keyring.lookup_hash("phone", body.phone) if body.phone else None
     except PersonalDataError as e:
         raise unprocessable(f"body.{e.field}", e.reason) from None
-    rows = await views.search_persons(
-        pool,
-        name_prefix=body.name_prefix,
-        id_hash=id_hash,
-        phone_hash=phone_hash,
-        address=body.address,
-        limit=body.limit,
-    )
+    async with pool.acquire() as conn:
+        rows = await views.search_persons(
+            conn,
+            name_prefix=body.name_prefix,
+            id_hash=id_hash,
+            phone_hash=phone_hash,
+            address=body.address,
+            limit=body.limit,
+            scope=await scope.of(conn, caller),
+        )
     return {
         "persons": [
             {
@@ -266,8 +280,14 @@ async def person(
     person_id: str, pool: PoolDep, caller: CallerDep, svc: ServiceDep, keyring: KeyringDep, purpose: Purpose = None
 ):
     whole = disclosure.wants_whole(caller, purpose)
-    row, stays = await views.person(pool, person_id)
-    if row is None:
+    async with pool.acquire() as conn:
+        row, stays = await views.person(conn, person_id)
+        seen = await scope.of(conn, caller)
+        tagged = await tags.of_person(conn, person_id, sensitive=tags.sees_sensitive(caller))
+    # A narrowed caller sees a person living in their scope now (or, once departed, last living there).
+    where = [s for s in stays if s["departed_at"] is None] or stays[:1]
+    visible = seen.everything or (where and seen.covers(grid=where[0]["grid"], beat=where[0]["beat"]))
+    if row is None or not visible:
         raise Problem(404, f"no person {person_id}")
     if whole:
         await disclosure.audit_read(
@@ -286,6 +306,7 @@ async def person(
         "birth_date": row["birth_date"],
         "sex": row["sex"],
         "residencies": [dict(s) for s in stays],
+        "tags": tagged,
         "personal_data": "whole" if whole else "masked",
     }
 
@@ -299,3 +320,94 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
     return {"reads": await views.audit(pool, person_id=person_id, reader=reader, limit=limit)}
+
+
+# --- tag kinds: the six of the practice, and others a community configures --------------------------------
+class NewTagKind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
+    label: str = Field(min_length=1, max_length=100)
+    sensitive: bool = False
+
+
+@router.get("/tag-kinds")
+async def tag_kinds(pool: PoolDep, caller: CallerDep):
+    async with pool.acquire() as conn:
+        return {"tag_kinds": await tags.kinds(conn)}
+
+
+@router.post("/tag-kinds", status_code=201)
+async def define_tag_kind(body: NewTagKind, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    try:
+        await pool.execute(
+            "INSERT INTO tag_kinds (code, label, sensitive, defined_at, defined_by) VALUES ($1, $2, $3, $4, $5)",
+            body.code,
+            body.label,
+            body.sensitive,
+            svc.clock.now(),
+            caller.sub,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Problem(409, f"tag kind {body.code} is already defined", type="duplicate") from None
+    return body.model_dump()
+
+
+# --- visit coverage: households visited this month out of all (months in Asia/Shanghai) ---------------------
+Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM; default: this month")]
+
+
+def _month(month: str | None, now: datetime) -> tuple[str, datetime, datetime]:
+    """The month's label and its bounds in UTC (the month is Asia/Shanghai's)."""
+    local = now.astimezone(tags.SHANGHAI)
+    year, mon = (int(month[:4]), int(month[5:])) if month else (local.year, local.month)
+    start = datetime(year, mon, 1, tzinfo=tags.SHANGHAI)
+    end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=tags.SHANGHAI)
+    return f"{year:04d}-{mon:02d}", start.astimezone(UTC), end.astimezone(UTC)
+
+
+@router.get("/grids/{code}/coverage")
+async def grid_coverage(code: str, pool: PoolDep, caller: CallerDep, svc: ServiceDep, month: Month = None):
+    label, start, end = _month(month, svc.clock.now())
+    async with pool.acquire() as conn:
+        beat = await conn.fetchrow(
+            "SELECT c.beat FROM grids g LEFT JOIN coverage c ON c.grid = g.code WHERE g.code = $1", code
+        )
+        if beat is None or not (await scope.of(conn, caller)).covers(grid=code, beat=beat["beat"] or ""):
+            raise Problem(404, f"no grid {code} in your scope")
+        rows = await views.coverage(conn, grids=[code], start=start, end=end)
+    return _coverage(label, rows, grid=code)
+
+
+@router.get("/my/households-due")
+async def my_households_due(pool: PoolDep, caller: CallerDep, svc: ServiceDep, month: Month = None):
+    """A grid worker's households of their grids not yet visited this month."""
+    label, start, end = _month(month, svc.clock.now())
+    async with pool.acquire() as conn:
+        grids = [
+            r["area"]
+            for r in await conn.fetch(
+                """SELECT area FROM assignments WHERE person = $1 AND role = 'grid_worker' AND until IS NULL
+                   ORDER BY area""",
+                caller.sub,
+            )
+        ]
+        rows = await views.coverage(conn, grids=grids, start=start, end=end)
+    out = _coverage(label, rows, grids=grids)
+    return {"grid_worker": caller.sub, **out, "due": out.pop("not_visited")}
+
+
+def _coverage(label: str, rows, **where) -> dict:
+    visited = sum(1 for r in rows if r["visited"])
+    return {
+        **where,
+        "month": label,
+        "households": len(rows),
+        "visited": visited,
+        "coverage": round(visited / len(rows), 4) if rows else None,
+        "not_visited": [
+            {"code": r["code"], "address": r["address"], "grid": r["grid"], "last_visited_at": r["last_visited_at"]}
+            for r in rows
+            if not r["visited"]
+        ],
+    }

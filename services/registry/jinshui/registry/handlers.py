@@ -31,16 +31,22 @@ from jinshui.contracts.registry import (
     MovesSubmitted,
     PersonalDataRead,
     PersonRef,
+    RenewalRecord,
+    RenewalsSubmitted,
+    ResidencyExpired,
     ResidencyKind,
+    ResidencyRenewed,
     ResidentArrived,
     ResidentDeparted,
 )
-from jinshui.kit import outbox
+from jinshui.kit import outbox, timers
 from jinshui.kit.clock import Clock
 from jinshui.kit.consumer import Permanent
+from jinshui.kit.timers import Timer
 from jinshui.registry.outbox import derived_id, emit, event, history
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
+EXPIRY = "residency.expiry"
 
 
 class Rejected(Exception):
@@ -251,6 +257,54 @@ class Residencies:
         )
         return residency_id
 
+    async def renew(self, conn, record: RenewalRecord, index: int) -> str:
+        household = await _household(conn, record.household_code)
+        person_id = _person_id(record.person)
+        stay = await conn.fetchrow(
+            """SELECT r.id, r.arrived_at, r.expected_end, p.id_hash FROM residencies r
+               JOIN persons p ON p.id = r.person_id
+               WHERE r.person_id = $1 AND r.household_code = $2 AND r.departed_at IS NULL FOR UPDATE OF r""",
+            person_id,
+            household["code"],
+        )
+        if stay is None:
+            raise Rejected(f"the person is not resident in household {household['code']}")
+        if record.expected_end <= stay["arrived_at"]:
+            raise Rejected("expected_end is not after the arrival")
+        await conn.execute(
+            """UPDATE residencies SET expected_end = $2, expired_at = NULL, departure_check = false
+               WHERE id = $1""",
+            stay["id"],
+            record.expected_end,
+        )
+        await timers.schedule(conn, kind=EXPIRY, ref=stay["id"], due_at=record.expected_end)
+        data = ResidencyRenewed(
+            residency_id=stay["id"],
+            person_id=person_id,
+            id_hash=stay["id_hash"],
+            household_code=household["code"],
+            grid=household["grid"],
+            beat=household["beat"],
+            previous_end=stay["expected_end"],
+            expected_end=record.expected_end,
+            submission_id=self.sid,
+            record_index=index,
+        )
+        renewal_id = derived_id("residency.renewed", self.sid, str(index))
+        await emit(conn, data, id=renewal_id, key=household["code"], time=self.at)
+        await history(
+            conn,
+            household_code=household["code"],
+            entity="residency",
+            entity_id=f"{stay['id']}@{renewal_id}",
+            action="renewed",
+            actor=self.actor,
+            at=self.at,
+            submission_id=self.sid,
+            data={"person_id": person_id, "expected_end": record.expected_end.isoformat()},
+        )
+        return stay["id"]
+
     async def _open(
         self, conn, household, *, residency_id, person_id, id_hash, kind, arrived_at, expected_end, index, move_id=None
     ):
@@ -275,6 +329,8 @@ class Residencies:
             expected_end,
             self.sid,
         )
+        if expected_end is not None:
+            await timers.schedule(conn, kind=EXPIRY, ref=residency_id, due_at=expected_end)
         data = ResidentArrived(
             residency_id=residency_id,
             person_id=person_id,
@@ -333,6 +389,7 @@ class Residencies:
             reason,
             self.sid,
         )
+        await timers.cancel(conn, kind=EXPIRY, ref=stay["id"])
         data = ResidentDeparted(
             residency_id=stay["id"],
             person_id=person_id,
@@ -371,6 +428,52 @@ async def record_departures(conn: asyncpg.Connection, event_: CloudEvent, *, clo
     batch = _batch(DeparturesSubmitted, event_)
     r = Residencies(clock=clock, event_=event_, batch=batch)
     await _per_record(conn, batch.submission_id, batch.records, r.depart, event_.time)
+
+
+async def record_renewals(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
+    batch = _batch(RenewalsSubmitted, event_)
+    r = Residencies(clock=clock, event_=event_, batch=batch)
+    await _per_record(conn, batch.submission_id, batch.records, r.renew, event_.time)
+
+
+async def residency_expired(conn: asyncpg.Connection, timer: Timer, now: datetime) -> None:
+    """A residency's expected end passed with neither departure nor renewal: mark it for a departure check and
+    say so, for risk's "confirm the departure" task. Times come from the timer, so a replay says the same."""
+    stay = await conn.fetchrow(
+        """SELECT r.*, p.id_hash, h.grid, h.beat, h.house_id FROM residencies r
+           JOIN persons p ON p.id = r.person_id JOIN households h ON h.code = r.household_code
+           WHERE r.id = $1 FOR UPDATE OF r""",
+        timer.ref,
+    )
+    if stay is None or stay["departed_at"] is not None or stay["expected_end"] != timer.due_at:
+        return
+    await conn.execute(
+        "UPDATE residencies SET expired_at = $2, departure_check = true WHERE id = $1", stay["id"], timer.due_at
+    )
+    data = ResidencyExpired(
+        residency_id=stay["id"],
+        person_id=stay["person_id"],
+        id_hash=stay["id_hash"],
+        household_code=stay["household_code"],
+        house_id=stay["house_id"],
+        grid=stay["grid"],
+        beat=stay["beat"],
+        kind=ResidencyKind(stay["kind"]),
+        arrived_at=stay["arrived_at"],
+        expected_end=stay["expected_end"],
+    )
+    expiry_id = derived_id("residency.expired", stay["id"], timer.due_at.isoformat())
+    await emit(conn, data, id=expiry_id, key=stay["household_code"], time=timer.due_at)
+    await history(
+        conn,
+        household_code=stay["household_code"],
+        entity="residency",
+        entity_id=f"{stay['id']}@{expiry_id}",
+        action="expired",
+        actor="registry",
+        at=timer.due_at,
+        data={"person_id": stay["person_id"], "expected_end": timer.due_at.isoformat()},
+    )
 
 
 async def record_moves(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:

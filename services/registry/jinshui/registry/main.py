@@ -9,7 +9,7 @@ from jinshui.contracts import registry as contracts
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.registry import api, areas, handlers
+from jinshui.registry import api, areas, handlers, tags
 from jinshui.registry.settings import RegistrySettings
 
 INTAKE_HANDLERS = {
@@ -17,10 +17,13 @@ INTAKE_HANDLERS = {
     "org.jinshui.intake.arrival.submitted.v1": handlers.record_arrivals,
     "org.jinshui.intake.departure.submitted.v1": handlers.record_departures,
     "org.jinshui.intake.move.submitted.v1": handlers.record_moves,
+    "org.jinshui.intake.renewal.submitted.v1": handlers.record_renewals,
 }
 UNTIMED_HANDLERS = {
     "org.jinshui.intake.letting.submitted.v1": handlers.record_lettings,
     "org.jinshui.intake.letting_stop.submitted.v1": handlers.record_letting_stops,
+    "org.jinshui.intake.tag.submitted.v1": tags.record_tags,
+    "org.jinshui.intake.tag_end.submitted.v1": tags.record_tag_ends,
 }
 
 
@@ -47,6 +50,9 @@ def build(settings: RegistrySettings | None = None) -> Service:
                 contracts.INTAKE_MOVES,
                 contracts.INTAKE_LETTINGS,
                 contracts.INTAKE_LETTING_STOPS,
+                contracts.INTAKE_RENEWALS,
+                contracts.INTAKE_TAGS,
+                contracts.INTAKE_TAG_ENDS,
             ],
             handler=intake,
         )
@@ -54,6 +60,8 @@ def build(settings: RegistrySettings | None = None) -> Service:
     svc.consumer(
         ConsumerSpec(durable="registry-audit", stream=streams.AUDIT, subjects=["audit.>"], handler=handlers.index_audit)
     )
+    svc.timer(handlers.EXPIRY, handlers.residency_expired)
+    svc.timer(tags.UNTIL, tags.until_passed)
     svc.app.include_router(areas.router)
     svc.app.include_router(api.router)
     return svc

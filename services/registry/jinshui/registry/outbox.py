@@ -31,6 +31,10 @@ SUBJECT_OF: dict[type[Contract], str] = {
     contracts.ResidentDeparted: contracts.REGISTRY_RESIDENT_DEPARTED,
     contracts.LettingRegistered: contracts.REGISTRY_LETTING_REGISTERED,
     contracts.LettingStopped: contracts.REGISTRY_LETTING_STOPPED,
+    contracts.ResidencyRenewed: contracts.REGISTRY_RESIDENCY_RENEWED,
+    contracts.ResidencyExpired: contracts.REGISTRY_RESIDENCY_EXPIRED,
+    contracts.TagSet: contracts.REGISTRY_TAG_SET,
+    contracts.TagEnded: contracts.REGISTRY_TAG_ENDED,
 }
 
 

@@ -25,7 +25,7 @@ async def household(conn: asyncpg.Connection | asyncpg.Pool, code: str) -> async
 async def residents(conn, code: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT r.id AS residency_id, r.person_id, p.name, r.kind, r.arrived_at, r.expected_end,
-                  r.departure_check, p.id_number, p.phone, p.birth_date, p.sex
+                  r.departure_check, r.expired_at, p.id_number, p.phone, p.birth_date, p.sex
            FROM residencies r JOIN persons p ON p.id = r.person_id
            WHERE r.household_code = $1 AND r.departed_at IS NULL ORDER BY r.arrived_at, p.name""",
         code,
@@ -71,8 +71,12 @@ async def search_persons(
     phone_hash: str | None,
     address: str | None,
     limit: int,
+    scope=None,
 ) -> list[asyncpg.Record]:
     where, args = [], []
+    if scope is not None and not scope.everything:
+        args.extend([list(scope.grids), list(scope.beats)])
+        where.append("(h.grid = ANY($1::text[]) OR h.beat = ANY($2::text[]))")
     if name_prefix:
         args.append(_like_prefix(name_prefix) + "%")
         where.append(f"p.name LIKE ${len(args)}")
@@ -104,8 +108,8 @@ async def person(conn, person_id: str) -> tuple[asyncpg.Record | None, list[asyn
     if row is None:
         return None, []
     stays = await conn.fetch(
-        """SELECT r.id AS residency_id, r.household_code, h.address, r.kind, r.arrived_at, r.expected_end,
-                  r.departed_at, r.departure_reason
+        """SELECT r.id AS residency_id, r.household_code, h.address, h.grid, h.beat, r.kind, r.arrived_at,
+                  r.expected_end, r.expired_at, r.departed_at, r.departure_reason
            FROM residencies r JOIN households h ON h.code = r.household_code
            WHERE r.person_id = $1 ORDER BY r.arrived_at DESC""",
         person_id,
@@ -128,3 +132,19 @@ async def audit(conn, *, person_id: str | None, reader: str | None, limit: int) 
         *args,
     )
     return [dict(r) for r in rows]
+
+
+async def coverage(conn, *, grids: list[str], start, end) -> list[asyncpg.Record]:
+    """Every household of `grids` registered before `end`, whether it was visited in [start, end)."""
+    return await conn.fetch(
+        """SELECT h.code, h.address, h.grid,
+                  EXISTS (SELECT 1 FROM visits v WHERE v.household_code = h.code
+                          AND v.visited_at >= $2 AND v.visited_at < $3) AS visited,
+                  (SELECT max(visited_at) FROM visits v WHERE v.household_code = h.code AND v.visited_at < $3)
+                      AS last_visited_at
+           FROM households h WHERE h.grid = ANY($1::text[]) AND h.registered_at < $3
+           ORDER BY h.grid, h.address, h.code""",
+        grids,
+        start,
+        end,
+    )
