@@ -59,6 +59,7 @@ class Service:
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self.started_at = time.time()
         self.boot_error: str | None = None
         self._ready = False
@@ -166,6 +167,7 @@ class Service:
     async def _shutdown(self) -> None:
         """Stop fetching, finish what is in hand, drain NATS, close the pool."""
         self._ready = False
+        self._stopping = True
         for consumer in self.consumers:
             consumer.stop()
         if self.relay is not None:
@@ -207,6 +209,12 @@ class Service:
             except Exception as e:
                 checks["postgres"] = f"down: {e!r}"
         checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "down"
+        stopped = [t for t in self._tasks if t.done() and not self._stopping]
+        if stopped:
+            checks["tasks"] = "stopped: " + ", ".join(
+                f"{t.get_name()} ({t.exception()!r})" if not t.cancelled() and t.exception() else t.get_name()
+                for t in stopped
+            )
         return checks
 
     async def status(self) -> dict:

@@ -125,7 +125,9 @@ class OutboxRelay:
                 try:
                     n = await self.publish_pending()
                     failures = 0
-                except (TimeoutError, PublishFailed, asyncpg.PostgresError, OSError) as e:
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # never give up: a lost connection (InterfaceError) is as passing as a 503
                     failures += 1
                     delay = min(0.05 * 2**failures, 5.0) * (0.5 + random.random())
                     log.warning("outbox publish failed", extra={"error": str(e), "retry_in": round(delay, 3)})

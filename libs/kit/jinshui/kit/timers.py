@@ -98,7 +98,9 @@ class TimerLoop:
         while not self._stopping:
             try:
                 fired = await self.fire_due()
-            except (asyncpg.PostgresError, OSError) as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the database may be restarting; try again on the next tick
                 log.warning("timers not fired", extra={"error": repr(e)})
                 fired = 0
             if fired < self.batch:
