@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 
+from jinshui.gateway import openapi_docs
 from jinshui.kit.problems import Problem
 
 ASSETS = Path(__file__).parent / "desk"
@@ -52,7 +53,9 @@ async def docs() -> FileResponse:
 
 
 def install(app: FastAPI) -> None:
-    """Serve the desk and replace FastAPI's CDN-backed /docs and /redoc with the self-contained reference."""
+    """Serve the desk, and replace FastAPI's CDN-backed /docs and /redoc with the self-contained reference to the
+    completed OpenAPI."""
     cdn_pages = ("/docs", "/docs/oauth2-redirect", "/redoc")
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in cdn_pages]
     app.include_router(router)
+    openapi_docs.install(app)

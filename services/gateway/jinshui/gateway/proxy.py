@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from fastapi import Request
 from fastapi.responses import Response
@@ -10,6 +12,10 @@ from jinshui.kit import telemetry
 from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
+
+# What may stand in a URL path as it is (RFC 3986 pchar and "/", and "%" of what a route already quoted);
+# anything else a decoded path parameter holds (control characters, "?", "#", spaces...) is percent-encoded.
+PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 async def forward(
@@ -28,7 +34,7 @@ async def forward(
     try:
         upstream = await client.request(
             request.method,
-            base_url.rstrip("/") + path,
+            base_url.rstrip("/") + quote(path, safe=PATH_SAFE),
             params=list(request.query_params.multi_items()),
             content=body if body is not None else await request.body(),
             headers=headers,

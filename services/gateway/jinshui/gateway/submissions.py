@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from datetime import datetime
@@ -71,6 +72,8 @@ class Submissions:
         return state
 
     async def get(self, submission_id: str) -> dict[str, Any] | None:
+        if not KV_KEY.fullmatch(submission_id):
+            return None  # not a key this bucket can hold, so not a submission id we gave
         try:
             entry = await self.kv.get(submission_id)
         except KeyNotFoundError:
@@ -108,6 +111,9 @@ class Submissions:
             outcomes=[o.model_dump(mode="json", exclude_none=True) for o in settled.outcomes],
         )
         await self.kv.put(settled.submission_id, orjson.dumps(state))
+
+
+KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 
 
 def new_submission_id() -> str:
