@@ -76,6 +76,7 @@ async def test_an_officer_sees_a_high_alert_opens_the_household_and_acknowledges
             console_errors: list[str] = []
             page.on("pageerror", lambda e: console_errors.append(str(e)))
 
+            await page.clock.install()  # the page's own clock, moved below to see a HIGH alert wait too long
             # Chinese by default, with the hint for getting a token in development.
             await page.goto(base + "/desk")
             await expect(page).to_have_title("金水 · 警务工作台")
@@ -109,6 +110,11 @@ async def test_an_officer_sees_a_high_alert_opens_the_household_and_acknowledges
             await expect(alert.locator("time")).to_contain_text(shown)
             await expect(page.locator("body")).to_have_attribute("data-beeps", "1")
             await shot(page, "02-high-alert")
+            await expect(alert.locator(".badge.overdue")).to_have_count(0)
+            await page.clock.fast_forward("06:00")  # unacknowledged for over 5 minutes: marked
+            await expect(alert.locator(".badge.overdue")).to_have_text("超时未签收")
+            await expect(page.locator("#glance")).to_contain_text("超时未签收 1")
+            await shot(page, "02b-waiting-too-long")
 
             # The household card, residents masked by default.
             await alert.locator(".act-hh").click()
@@ -140,6 +146,12 @@ async def test_an_officer_sees_a_high_alert_opens_the_household_and_acknowledges
             await expect(page).to_have_title("Jinshui · Police desk")
             await expect(done.locator(".badge.status")).to_have_text("acknowledged")
             await shot(page, "05-english")
+
+            # The API reference, rendered from /openapi.json with nothing from elsewhere.
+            await page.goto(base + "/docs")
+            await expect(page.locator("details", has_text="/v1/alerts/{alert_id}/acknowledge")).to_have_count(1)
+            await expect(page.locator("#ops")).to_contain_text("Acknowledge an alert")
+            await shot(page, "06-docs")
 
             assert not elsewhere, f"the desk fetched from elsewhere: {elsewhere}"
             assert not console_errors, console_errors
