@@ -30,8 +30,13 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "desk"
 WAIT_MS = 30_000
+ZHANG = "370502198001011239"  # a valid check digit (GB 11643)
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def chromium() -> str:
@@ -63,6 +68,15 @@ async def test_an_officer_sees_a_high_alert_opens_the_household_and_acknowledges
         body = {"code": "D1", "address": "金水小区3-2-201", "grid": "G01", "beat": "B1"}
         r = await http.post("/v1/households", json=body, headers=auth("community_admin"))
         assert r.status_code == 201, r.text
+
+        person = {"name": "张伟", "id_number": ZHANG, "phone": "13800138000"}
+        arrival = {"household_code": "D1", "person": person, "kind": "tenant", "arrived_at": _now()}
+        r = await http.post(
+            "/v1/residents/arrivals",
+            json={"arrivals": [arrival]},
+            headers={**auth("grid_worker"), "Prefer": "wait=20"},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
 
         browser = await pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -124,7 +138,17 @@ async def test_an_officer_sees_a_high_alert_opens_the_household_and_acknowledges
             await expect(card.locator("[data-personal-data]")).to_have_attribute("data-personal-data", "masked")
             await expect(card.locator("[data-field=visited_at]").first).to_be_visible()
             await expect(card).to_contain_text("urgent-visit")  # the household's risk alerts
+            assert ZHANG not in await card.inner_text()
             await shot(page, "03-household-card")
+
+            # An ID number whole, for a stated purpose: shown, and said to be audited.
+            await card.locator(".act-reveal").click()
+            await page.fill("#reason", "核查警情当事人身份")
+            await page.click("#reason-ok")
+            await expect(card.locator("[data-personal-data]")).to_have_attribute("data-personal-data", "whole")
+            await expect(card.locator("[data-field=id_number]")).to_have_text(ZHANG)
+            await expect(card.locator(".audited")).to_contain_text("核查警情当事人身份")
+            await shot(page, "03b-id-number-revealed")
 
             # Acknowledge in the page, with a note: the state changes, here and at the owner.
             await alert.locator(".act-ack").click()
