@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -10,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://jinshui.org/problems/"
 
@@ -106,9 +109,42 @@ def install(app: FastAPI) -> None:
             errors=errors,
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A broker or database that is away or full is a 503 to retry, never a lost answer; anything else is
+        # our fault, answered without internals (they are in the log, with the trace id).
+        if _is_unavailable(exc):
+            log.warning("dependency unavailable", extra={"path": request.url.path, "error": repr(exc)})
+            return problem_response(
+                503,
+                "a service this request needs is unavailable or full; try again shortly",
+                instance=request.url.path,
+                type="unavailable",
+                headers={"Retry-After": "1"},
+            )
+        log.exception("unexpected error", extra={"path": request.url.path})
+        return problem_response(500, "an unexpected error; it has been logged", instance=request.url.path)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
         return problem_response(
             exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None)
         )
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    import asyncpg
+    import nats.errors
+    import nats.js.errors
+
+    unavailable = (
+        nats.errors.Error,
+        nats.js.errors.Error,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.TooManyConnectionsError,
+        ConnectionError,
+        asyncio.TimeoutError,
+    )
+    return isinstance(exc, unavailable)

@@ -75,7 +75,7 @@ async def accept_submission(
 
     async def accept() -> Response:
         data = make(
-            submission_id=new_submission_id(),
+            submission_id=new_submission_id(getattr(request.state, "idempotency_id", None)),
             submitter=Submitter(sub=caller.sub, role=caller.role),
             received_at=svc.clock.now(),
             keyring=getattr(svc.app.state, "keyring", None),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +18,8 @@ from nats.js.kv import KeyValue
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
 
+log = logging.getLogger(__name__)
+KEY_NS = uuid.UUID("b1f4e0a2-7c39-4d55-8e61-2f9d0c4a6b17")
 HEADER = "Idempotency-Key"
 INTEGRATION_CLIENTS = ("grid_platform", "police_platform", "gate_system")
 MAX_KEY_LENGTH = 255
@@ -45,6 +49,7 @@ class Idempotency:
         if not key or len(key) > MAX_KEY_LENGTH:
             raise Problem(400, f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters", type="idempotency-key-invalid")
         kv_key = self._kv_key(caller, request, key)
+        request.state.idempotency_id = str(uuid.uuid5(KEY_NS, kv_key))
         body_hash = hashlib.sha256(await request.body()).hexdigest()
         revision = await self._claim(kv_key, body_hash)
         try:
@@ -66,6 +71,10 @@ class Idempotency:
             await self.kv.update(kv_key, orjson.dumps(done), last=revision)
         except KeyWrongLastSequenceError:
             pass  # our lease ran out and another request took the key over; its answer will be kept
+        except Exception as e:
+            # The work is done; only its record is missing. A retry after the lease redoes it under the same
+            # derived id, which the effects deduplicate, so the answer stands.
+            log.warning("idempotency record not kept", extra={"error": repr(e)})
         return response
 
     async def _claim(self, kv_key: str, body_hash: str) -> int:

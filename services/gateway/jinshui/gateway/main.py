@@ -6,7 +6,7 @@ import httpx
 
 from jinshui.contracts import streams
 from jinshui.contracts.incidents import INCIDENTS_SUBMISSION_SETTLED
-from jinshui.gateway import api, desk_routes, incidents_routes, registry_routes
+from jinshui.gateway import api, desk_routes, incidents_routes, ops_routes, registry_routes, risk_routes
 from jinshui.gateway.auth import verifier_from_settings
 from jinshui.gateway.door import DoorMiddleware, RateLimiter
 from jinshui.gateway.feed import AlertFeed
@@ -15,6 +15,12 @@ from jinshui.gateway.settings import GatewaySettings
 from jinshui.gateway.submissions import Submissions, open_bucket
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
+
+SETTLEMENTS = [
+    ("gateway-submissions", streams.REGISTRY, streams.REGISTRY_SUBMISSION_SETTLED),
+    ("gateway-risk-submissions", streams.RISK, streams.RISK_SUBMISSION_SETTLED),
+    ("gateway-incidents-submissions", streams.INCIDENTS, INCIDENTS_SUBMISSION_SETTLED),
+]
 
 
 def build(settings: GatewaySettings | None = None) -> Service:
@@ -29,22 +35,9 @@ def build(settings: GatewaySettings | None = None) -> Service:
     async def fold(conn, event):
         await svc.app.state.submissions.fold_settled(conn, event)
 
-    svc.consumer(
-        ConsumerSpec(
-            durable="gateway-submissions",
-            stream=streams.REGISTRY,
-            subjects=[streams.REGISTRY_SUBMISSION_SETTLED],
-            handler=fold,
-        )
-    )
-    svc.consumer(
-        ConsumerSpec(
-            durable="gateway-incidents-submissions",
-            stream=streams.INCIDENTS,
-            subjects=[INCIDENTS_SUBMISSION_SETTLED],
-            handler=fold,
-        )
-    )
+    # Each owner settles the submissions it consumes; the gateway folds every verdict into the bucket.
+    for durable, stream, subject in SETTLEMENTS:
+        svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[subject], handler=fold))
 
     @svc.on_start
     async def _open(s: Service) -> None:
@@ -70,6 +63,8 @@ def build(settings: GatewaySettings | None = None) -> Service:
 
     svc.app.include_router(api.router)
     svc.app.include_router(registry_routes.router)
+    svc.app.include_router(risk_routes.router)
+    svc.app.include_router(ops_routes.router)
     svc.app.include_router(incidents_routes.router)
     desk_routes.install(svc.app)
     return svc

@@ -16,6 +16,8 @@ SUBMITTERS_READ = (
     "mediator",
     "community_admin",
 )
+REGISTRY_READ = ("police", "grid_worker", "community_admin", "mediator")
+RESIDENCY_SUBMITTERS = ("grid_worker", "grid_platform", "community_admin")
 INCIDENT_READ = ("police", "mediator", "community_admin", "grid_worker")
 INCIDENT_HANDLERS = ("police", "mediator", "community_admin", "grid_worker")  # the move itself is checked per role
 INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -31,8 +33,6 @@ INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/sources/unresolved"): ("mediator", "police", "community_admin"),
     ("GET", "/v1/stats/incidents"): ("police", "mediator", "community_admin"),
 }
-REGISTRY_READ = ("police", "grid_worker", "community_admin", "mediator")
-RESIDENCY_SUBMITTERS = ("grid_worker", "grid_platform", "community_admin")
 
 ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/visits"): ("grid_worker", "grid_platform"),
@@ -65,6 +65,20 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/my/households-due"): ("grid_worker",),
     ("GET", "/v1/alerts"): ("police",),
     ("GET", "/v1/alerts/stream"): ("police",),
+    ("GET", "/v1/alerts/{alert_id}"): ("police",),
+    ("POST", "/v1/alerts/{alert_id}/acknowledge"): ("police",),
+    ("POST", "/v1/alerts/{alert_id}/resolve"): ("police",),
+    ("POST", "/v1/alerts/{alert_id}/dismiss"): ("police",),
+    ("POST", "/v1/gates"): ("police", "community_admin"),
+    ("GET", "/v1/gates"): ("police", "community_admin"),
+    ("POST", "/v1/watchlists"): ("police",),
+    ("GET", "/v1/watchlists"): ("police",),
+    ("DELETE", "/v1/watchlists/{entry_id}"): ("police",),
+    ("POST", "/v1/sightings"): ("gate_system",),
+    ("GET", "/v1/rules"): ("police", "community_admin"),
+    ("POST", "/v1/rules/reload"): ("community_admin",),
+    ("GET", "/v1/tasks"): ("grid_worker", "community_admin", "police"),
+    ("GET", "/v1/ops/status"): ("ops",),
     **INCIDENT_ROLES,
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
@@ -23,6 +24,7 @@ from jinshui.kit.natsconn import publish_event
 from jinshui.kit.tokens import Identity
 
 SOURCE = "/jinshui/gateway"
+INTAKE_NS = uuid.UUID("5d8a3c0e-41f7-4c8e-9a53-0f3b2a7d1c64")
 
 
 def bucket_name(naming: Naming, name: str) -> str:
@@ -62,12 +64,26 @@ class Submissions:
             "received_at": received_at.isoformat(),
             "records": len(data.records),  # type: ignore[attr-defined]
         }
-        await self.kv.put(submission_id, orjson.dumps(state))
-        event = new_event(type=event_type, source=SOURCE, subject=submission_id, time=received_at, data=data)
+        try:
+            created = await self.kv.create(submission_id, orjson.dumps(state))
+        except KeyWrongLastSequenceError:
+            created = None  # a retry of a submission already received: keep what we know of it
+        # The event id follows from the submission id, so a retried submission is one event (deduplicated by
+        # JetStream within its window and by the consumer's inbox after it).
+        event = new_event(
+            id=str(uuid.uuid5(INTAKE_NS, submission_id)),
+            type=event_type,
+            source=SOURCE,
+            subject=submission_id,
+            time=received_at,
+            data=data,
+        )
         try:
             await publish_event(self.js, self.naming, event=event, subject=subject)
         except Exception:
-            await self.kv.delete(submission_id)
+            if created is not None:
+                with contextlib.suppress(Exception):
+                    await self.kv.delete(submission_id, last=created)
             raise
         return state
 
@@ -116,5 +132,6 @@ class Submissions:
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 
 
-def new_submission_id() -> str:
-    return str(uuid.uuid4())
+def new_submission_id(idempotency_id: str | None = None) -> str:
+    """A fresh id, or the one an Idempotency-Key stands for (so a retry after a lost answer is the same one)."""
+    return idempotency_id or str(uuid.uuid4())
