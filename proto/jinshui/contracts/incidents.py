@@ -202,6 +202,8 @@ class SourceRef(Contract):
     origin: SourceOrigin
     external_id: str
     category: str
+    # The persons the source names, by keyed hash of their ID number (never the number): risk matches its tags.
+    person_hashes: list[str] = Field(default_factory=list)
 
 
 class IncidentOpened(Contract):
@@ -226,6 +228,9 @@ class SourceLinked(Contract):
     incident_id: str
     source: SourceRef
     reason: MatchReason
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
     at: datetime
 
 

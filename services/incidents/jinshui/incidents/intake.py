@@ -180,7 +180,13 @@ async def correlate(conn: asyncpg.Connection, src: NewSource, where: Located) ->
 
 
 def ref(src: NewSource) -> SourceRef:
-    return SourceRef(source_id=src.id, origin=src.origin, external_id=src.external_id, category=src.category)
+    return SourceRef(
+        source_id=src.id,
+        origin=src.origin,
+        external_id=src.external_id,
+        category=src.category,
+        person_hashes=src.person_hashes,
+    )
 
 
 async def take_in(conn: asyncpg.Connection, src: NewSource, *, at: datetime) -> str:
@@ -221,7 +227,15 @@ async def take_in(conn: asyncpg.Connection, src: NewSource, *, at: datetime) -> 
             conn,
             incident_id=incident_id,
             verb="source_linked",
-            data=SourceLinked(incident_id=incident_id, source=ref(src), reason=reason, at=at),
+            data=SourceLinked(
+                incident_id=incident_id,
+                source=ref(src),
+                reason=reason,
+                at=at,
+                household_code=where.household_code,
+                grid=where.grid,
+                beat=where.beat,
+            ),
             at=at,
             actor=src.submitted_by or "system",
             event_id=derived_id("source_linked", incident_id, src.id),

@@ -264,7 +264,11 @@ async def _source(conn: asyncpg.Connection, source_id: str) -> asyncpg.Record:
 
 def _ref(row: asyncpg.Record) -> SourceRef:
     return SourceRef(
-        source_id=row["id"], origin=row["origin"], external_id=row["external_id"], category=row["category"]
+        source_id=row["id"],
+        origin=row["origin"],
+        external_id=row["external_id"],
+        category=row["category"],
+        person_hashes=list(row["person_hashes"] or []),
     )
 
 

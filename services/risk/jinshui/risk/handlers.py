@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import asyncpg
 
 from jinshui.contracts.envelope import CloudEvent
 from jinshui.contracts.events import AlertRaised, Evidence
-from jinshui.kit.consumer import Permanent
 from jinshui.risk import tasks
 from jinshui.risk.alerts import derived_id, raise_alert
 from jinshui.risk.rules import RuleBook, lookup, render
+
+log = logging.getLogger(__name__)
 
 
 async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBook, escalate_after: timedelta) -> None:
@@ -21,16 +23,22 @@ async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBoo
         await tasks.keep_assignments(conn, event)
     if event.type == tasks.VISIT:
         await tasks.close_by_visit(conn, event)  # before the rules, so a visit never closes its own new task
+    if event.type in (TAG_SET, TAG_ENDED):
+        await keep_tags(conn, event)
     for rule in book.matching(event.type, event.data):
+        held, earlier = await _store_conditions(conn, rule, event)
+        if not held:
+            continue
         alert_id: str | None = None
         for effect in rule.effects:
             if effect.alert is not None:
-                alert_id = await _alert(conn, rule, effect.alert, event, book, escalate_after)
+                alert_id = await _alert(conn, rule, effect.alert, event, book, escalate_after, earlier)
             else:
                 t = effect.task
                 grid, beat = lookup(event.data, t.grid), lookup(event.data, t.beat)
                 if grid is None or beat is None:
-                    raise Permanent(f"rule {rule.id}: the event has no {t.grid} or {t.beat}")
+                    log.warning("task not given: the event names no grid or beat", extra={"rule": rule.id})
+                    continue
                 await tasks.create(
                     conn,
                     rule=rule.id,
@@ -45,10 +53,12 @@ async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBoo
                 )
 
 
-async def _alert(conn, rule, a, event: CloudEvent, book: RuleBook, escalate_after: timedelta) -> str:
+async def _alert(conn, rule, a, event: CloudEvent, book: RuleBook, escalate_after: timedelta, earlier) -> str | None:
     subject, grid, beat = (lookup(event.data, p) for p in (a.subject, a.grid, a.beat))
     if subject is None or grid is None or beat is None:
-        raise Permanent(f"rule {rule.id}: the event has no {a.subject}, {a.grid} or {a.beat}")
+        # e.g. a source whose address did not resolve yet: nobody's beat to tell; the rule fires when it links.
+        log.warning("alert not raised: the event names no subject, grid or beat", extra={"rule": rule.id})
+        return None
     alert = AlertRaised(
         alert_id=derived_id(rule.id, event.id),
         rule=rule.id,
@@ -57,7 +67,73 @@ async def _alert(conn, rule, a, event: CloudEvent, book: RuleBook, escalate_afte
         grid=grid,
         beat=beat,
         explanation=f"{render(a.explanation, event.data)} (rule {rule.id}, rules v{book.version})",
-        evidence=[Evidence(event_id=event.id, type=event.type, time=event.time)],
+        evidence=[*earlier, Evidence(event_id=event.id, type=event.type, time=event.time)],
         raised_at=event.time,
     )
     return await raise_alert(conn, alert=alert, subject_key=str(subject), escalate_after=escalate_after)
+
+
+TAG_SET = "org.jinshui.registry.tag.set.v1"
+TAG_ENDED = "org.jinshui.registry.tag.ended.v1"
+
+
+async def keep_tags(conn: asyncpg.Connection, event: CloudEvent) -> None:
+    """Risk's copy of person tags, by keyed ID hash: what rule 1 (a tagged person in a new incident) reads."""
+    d = event.data
+    await conn.execute(
+        """INSERT INTO person_tags (tag_id, id_hash, tag, household_code, grid, beat, active, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (tag_id) DO UPDATE SET active = $7, at = $8 WHERE person_tags.at <= $8""",
+        d["tag_id"],
+        d.get("id_hash"),
+        d["tag"],
+        d["household_code"],
+        d["grid"],
+        d["beat"],
+        event.type == TAG_SET,
+        event.time,
+    )
+
+
+async def _store_conditions(conn: asyncpg.Connection, rule, event: CloudEvent) -> tuple[bool, list[Evidence]]:
+    """The conditions that read risk's own data: windows of earlier occurrences, tagged persons."""
+    earlier: list[Evidence] = []
+    for c in rule.when:
+        if c.repeated is not None:
+            key = lookup(event.data, c.repeated.key)
+            if key is None:
+                return False, []
+            await conn.execute(
+                "INSERT INTO rule_occurrences (rule, key, event_id, type, at) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT DO NOTHING",
+                rule.id,
+                str(key),
+                event.id,
+                event.type,
+                event.time,
+            )
+            rows = await conn.fetch(
+                """SELECT event_id, type, at FROM rule_occurrences
+                   WHERE rule = $1 AND key = $2 AND at > $3 AND at <= $4 ORDER BY at, event_id""",
+                rule.id,
+                str(key),
+                event.time - timedelta(days=c.repeated.within_days),
+                event.time,
+            )
+            if len(rows) < c.repeated.at_least:
+                return False, []
+            earlier += [
+                Evidence(event_id=r["event_id"], type=r["type"], time=r["at"])
+                for r in rows
+                if r["event_id"] != event.id
+            ]
+        elif c.involves_tagged is not None:
+            hashes = lookup(event.data, c.involves_tagged.persons) or []
+            tagged = await conn.fetchval(
+                "SELECT count(*) FROM person_tags WHERE active AND id_hash = ANY($1::text[]) AND tag = ANY($2::text[])",
+                [str(h) for h in hashes],
+                c.involves_tagged.tags,
+            )
+            if not tagged:
+                return False, []
+    return True, earlier

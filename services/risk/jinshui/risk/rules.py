@@ -39,23 +39,55 @@ def _check_path(value: str) -> str:
 FieldPath = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class Condition(_Strict):
-    """`field` compared with exactly one of equals / in / contains / present."""
+class Repeated(_Strict):
+    """The event is at least the `at_least`-th with the same `key` within `within_days` (its own time counts)."""
 
-    field: FieldPath
+    key: FieldPath
+    within_days: float = Field(gt=0, le=366)
+    at_least: int = Field(ge=2, le=1000)
+
+    _path = field_validator("key")(_check_path)
+
+
+class InvolvesTagged(_Strict):
+    """One of the persons the event names (a list of keyed ID hashes at `persons`) carries one of `tags`."""
+
+    persons: FieldPath
+    tags: list[str] = Field(min_length=1)
+
+    _path = field_validator("persons")(_check_path)
+
+
+class Condition(_Strict):
+    """One of: `field` compared with exactly one of equals / in / contains / present; `repeated`; `involves_tagged`."""
+
+    field: FieldPath | None = None
     equals: Any = None
     in_: list[Any] | None = Field(default=None, alias="in")
     contains: Any = None
     present: bool | None = None
+    repeated: Repeated | None = None
+    involves_tagged: InvolvesTagged | None = None
 
-    _path = field_validator("field")(_check_path)
+    @field_validator("field")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _check_path(value)
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = [t for t in ("equals", "in_", "contains", "present") if getattr(self, t) is not None]
-        if len(tests) != 1:
-            raise ValueError("a condition takes exactly one of equals, in, contains, present")
+        kinds = [k for k in ("field", "repeated", "involves_tagged") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a condition is one of: field (with a test), repeated, involves_tagged")
+        if self.field is not None:
+            tests = [t for t in ("equals", "in_", "contains", "present") if getattr(self, t) is not None]
+            if len(tests) != 1:
+                raise ValueError("a field condition takes exactly one of equals, in, contains, present")
         return self
+
+    @property
+    def needs_store(self) -> bool:
+        return self.field is None
 
     def holds(self, data: dict[str, Any]) -> bool:
         value = lookup(data, self.field)
@@ -212,7 +244,8 @@ class RuleBook:
         return self._by_type.get(event_type, [])
 
     def matching(self, event_type: str, data: dict[str, Any]) -> list[Rule]:
-        return [r for r in self.rules_for(event_type) if all(c.holds(data) for c in r.when)]
+        """Rules whose field conditions hold; conditions that need risk's own data are checked by the caller."""
+        return [r for r in self.rules_for(event_type) if all(c.holds(data) for c in r.when if not c.needs_store)]
 
     def describe(self) -> dict[str, Any]:
         return {
