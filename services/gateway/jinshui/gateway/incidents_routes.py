@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from jinshui.contracts.base import MAX_BATCH, HouseholdCode, Submitter
+from jinshui.contracts.base import MAX_BATCH, HouseholdCode
 from jinshui.contracts.incidents import (
     GridReportRecord,
     HazardCategory,
@@ -21,11 +20,9 @@ from jinshui.contracts.incidents import (
     ReportKind,
     ReportsSubmitted,
 )
-from jinshui.gateway.api import prefer_wait, submit
-from jinshui.gateway.idempotency import run_idempotent
+from jinshui.gateway.api import accept_submission
 from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import allowed
-from jinshui.gateway.submissions import new_submission_id
 from jinshui.kit.app import ServiceDep
 from jinshui.kit.pii import IdNumber, Keyring
 from jinshui.kit.tokens import Identity
@@ -109,25 +106,16 @@ def protect(keyring: Keyring, persons: list[PersonIn]) -> list[PersonMention]:
 
 async def _submit_batch(request: Request, svc, caller: Identity, prefer: str | None, *, kind: str, model, make):
     """One INTAKE message for the batch, its records built by `make(keyring)` (ID numbers protected)."""
-
-    async def accept() -> Response:
-        data = model(
-            submission_id=new_submission_id(),
-            submitter=Submitter(sub=caller.sub, role=caller.role),
-            received_at=svc.clock.now(),
-            records=make(svc.app.state.keyring),
-        )
-        return await submit(
-            svc,
-            caller=caller,
-            kind=kind,
-            event_type=f"org.jinshui.intake.{kind}.submitted.v1",
-            subject=f"intake.{kind}.submitted",
-            data=data,
-            wait=prefer_wait(prefer, svc.settings.prefer_wait_max_seconds),
-        )
-
-    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
+    return await accept_submission(
+        request,
+        svc,
+        caller,
+        prefer,
+        kind=kind,
+        event_type=f"org.jinshui.intake.{kind}.submitted.v1",
+        subject=f"intake.{kind}.submitted",
+        make=lambda keyring, **head: model(**head, records=make(keyring)),
+    )
 
 
 @router.post("/police-calls", status_code=202)
