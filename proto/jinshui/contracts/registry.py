@@ -32,6 +32,8 @@ REGISTRY_TAG_SET = "registry.tag.set"
 REGISTRY_TAG_ENDED = "registry.tag.ended"
 REGISTRY_RESIDENCY_RENEWED = "registry.residency.renewed"
 REGISTRY_RESIDENCY_EXPIRED = "registry.residency.expired"
+REGISTRY_HOUSEHOLDS_IMPORTED = "registry.household.imported"
+REGISTRY_RESIDENTS_IMPORTED = "registry.resident.imported"
 
 
 class VisitConcern(StrEnum):
@@ -450,6 +452,24 @@ class TagEnded(Contract):
     submission_id: str | None = None
 
 
+# --- bulk import: one event per chunk of rows, each with at most 1,000 records -------------------------------
+class HouseholdsImported(Contract):
+    """Households a bulk import registered, one chunk of rows at a time (each as household.registered says it)."""
+
+    import_id: str
+    chunk: int
+    households: list[HouseholdRegistered] = Field(max_length=1000)
+
+
+class ResidentsImported(Contract):
+    """Residencies a bulk import opened, one chunk at a time (each as resident.arrived says it; `submission_id`
+    is the import's id and `record_index` the row number in the file)."""
+
+    import_id: str
+    chunk: int
+    arrivals: list[ResidentArrived] = Field(max_length=1000)
+
+
 # --- access audit: who read whose personal data, when and why -------------------------------------------------
 class PersonalDataRead(Contract):
     """Personal data was shown in clear (on the AUDIT stream; the read fails unless this is acknowledged)."""
@@ -491,5 +511,7 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.tag_end.submitted.v1": TagEndsSubmitted,
     "org.jinshui.registry.tag.set.v1": TagSet,
     "org.jinshui.registry.tag.ended.v1": TagEnded,
+    "org.jinshui.registry.household.imported.v1": HouseholdsImported,
+    "org.jinshui.registry.resident.imported.v1": ResidentsImported,
 }
 TYPES_BY_MODEL: dict[type[Contract], str] = {model: t for t, model in TYPES.items()}

@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--home", default=_default_home(), help="where `up` wrote run.json")
     status.add_argument("--url", action="append", help="NAME=URL (repeatable) instead of run.json")
     status.set_defaults(func=cmd_status)
+
+    from jinshui.cli import importer
+
+    importer.add_parser(sub, _default_home())
     return parser
 
 

@@ -63,6 +63,7 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/tag-kinds"): ("community_admin",),
     ("GET", "/v1/grids/{code}/coverage"): ("grid_worker", "police", "community_admin"),
     ("GET", "/v1/my/households-due"): ("grid_worker",),
+    ("POST", "/v1/imports"): ("community_admin",),
     ("GET", "/v1/alerts"): ("police",),
     ("GET", "/v1/alerts/stream"): ("police",),
     ("GET", "/v1/alerts/{alert_id}"): ("police",),

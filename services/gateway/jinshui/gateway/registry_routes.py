@@ -7,8 +7,11 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 from urllib.parse import quote, unquote, urlencode
 
+import httpx
 from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.background import BackgroundTask
 
 from jinshui.contracts import registry as contracts
 from jinshui.contracts.base import MAX_BATCH, HouseholdCode, Submitter
@@ -17,8 +20,10 @@ from jinshui.gateway.idempotency import run_idempotent
 from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import allowed
 from jinshui.gateway.submissions import new_submission_id
-from jinshui.kit.app import ServiceDep
+from jinshui.kit import telemetry
+from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB, ServiceDep
 from jinshui.kit.pii import IdNumber, Keyring, Phone
+from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
 
 router = APIRouter(prefix="/v1")
@@ -496,3 +501,31 @@ async def my_households_due(
     request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/my/households-due")]
 ):
     return await _to_registry(request, svc, caller, "/v1/my/households-due")
+
+
+# --- bulk import: the CSV streamed on to the registry (it holds the keys), its NDJSON report streamed back ------
+@router.post("/imports")
+async def bulk_import(
+    request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/imports")]
+) -> StreamingResponse:
+    headers = telemetry.inject({IDENTITY_SUB: caller.sub, IDENTITY_ROLE: caller.role, IDENTITY_NAME: caller.name})
+    client: httpx.AsyncClient = svc.app.state.http
+    upstream_request = client.build_request(
+        "POST",
+        svc.settings.registry_url.rstrip("/") + "/v1/imports",
+        params=request.query_params,
+        content=request.stream(),
+        headers={**headers, "content-type": request.headers.get("content-type", "text/csv")},
+        timeout=httpx.Timeout(3600, connect=5),
+    )
+    try:
+        upstream = await client.send(upstream_request, stream=True)
+    except httpx.HTTPError as e:
+        raise Problem(503, f"the registry did not answer: {e!r}", headers={"Retry-After": "1"}) from e
+    media = upstream.headers.get("content-type", "application/json")
+    return StreamingResponse(
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        media_type=media,
+        background=BackgroundTask(upstream.aclose),
+    )

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import asyncpg
+import orjson
 import segno
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jinshui.contracts.events import AreaCode, HouseholdCode, HouseholdRegistered
@@ -17,7 +18,7 @@ from jinshui.contracts.registry import HouseUse
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.pii import Keyring, PersonalDataError
 from jinshui.kit.problems import Problem
-from jinshui.registry import codes, disclosure, scope, tags, views
+from jinshui.registry import codes, disclosure, imports, scope, tags, views
 from jinshui.registry.areas import unprocessable
 from jinshui.registry.outbox import derived_id, emit, history
 
@@ -411,3 +412,29 @@ def _coverage(label: str, rows, **where) -> dict:
             if not r["visited"]
         ],
     }
+
+
+# --- bulk import (CSV, UTF-8 or GBK), streamed -------------------------------------------------------------
+@router.post("/imports")
+async def bulk_import(
+    request: Request,
+    pool: PoolDep,
+    caller: CallerDep,
+    svc: ServiceDep,
+    keyring: KeyringDep,
+    encoding: Literal["auto", "utf-8", "gbk"] = "auto",
+):
+    """NDJSON: the summary first, then one line per rejected row (row, column, reason)."""
+    importer = imports.Importer(pool=pool, keyring=keyring, actor=caller.sub, now=svc.clock.now())
+    try:
+        summary = await importer.run(request.stream(), encoding)
+    except imports.ImportError_ as e:
+        raise Problem(422, str(e), type="validation-error") from None
+
+    def lines():
+        with summary.errors as errors:
+            yield orjson.dumps(summary.as_dict()) + b"\n"
+            errors.seek(0)
+            yield from errors
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

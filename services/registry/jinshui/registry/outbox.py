@@ -35,6 +35,8 @@ SUBJECT_OF: dict[type[Contract], str] = {
     contracts.ResidencyExpired: contracts.REGISTRY_RESIDENCY_EXPIRED,
     contracts.TagSet: contracts.REGISTRY_TAG_SET,
     contracts.TagEnded: contracts.REGISTRY_TAG_ENDED,
+    contracts.HouseholdsImported: contracts.REGISTRY_HOUSEHOLDS_IMPORTED,
+    contracts.ResidentsImported: contracts.REGISTRY_RESIDENTS_IMPORTED,
 }
 
 
