@@ -444,3 +444,20 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+
+
+def redact_payload(value: Any, *, keep: tuple[str, ...] = ("id_number", "phone")) -> Any:
+    """A JSON-like value with ID numbers and mobiles masked in every free-text string.
+
+    Members named in `keep` (fields the door protects on purpose) and protected values themselves are left as
+    they are; everything else a person typed (a visit's note, a call's description, a reason) is masked.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_payload(v, keep=keep) for v in value]
+    if isinstance(value, dict):
+        if "ciphertext" in value and "hash" in value:
+            return value
+        return {k: v if k in keep else redact_payload(v, keep=keep) for k, v in value.items()}
+    return value

@@ -14,6 +14,7 @@ from jinshui.gateway.idempotency import run_idempotent
 from jinshui.gateway.rbac import ROLES, allowed
 from jinshui.gateway.submissions import new_submission_id
 from jinshui.kit.app import ServiceDep
+from jinshui.kit.pii import redact_payload
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
 
@@ -80,6 +81,8 @@ async def accept_submission(
             received_at=svc.clock.now(),
             keyring=getattr(svc.app.state, "keyring", None),
         )
+        # An ID number or a mobile typed into free text (a note, a description) never leaves the door in clear.
+        data = type(data).model_validate(redact_payload(data.model_dump(mode="json")))
         wait = prefer_wait(prefer, svc.settings.prefer_wait_max_seconds)
         return await submit(svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, wait=wait)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import quote
 
 import httpx
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from jinshui.kit import telemetry
 from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB
+from jinshui.kit.pii import redact_payload
 from jinshui.kit.problems import Problem
 from jinshui.kit.tokens import Identity
 
@@ -31,12 +34,19 @@ async def forward(
     elif ct := request.headers.get("content-type"):
         headers["content-type"] = ct
     client: httpx.AsyncClient = svc.app.state.http
+    if body is None:
+        body = await request.body()
+        if body and headers.get("content-type", "").startswith("application/json"):
+            with contextlib.suppress(ValueError):
+                # ID numbers and mobiles typed into free text are masked here; `id_number` / `phone` members
+                # are the ones an owner needs (a search by exact number) and travel as they are.
+                body = orjson.dumps(redact_payload(orjson.loads(body)))
     try:
         upstream = await client.request(
             request.method,
             base_url.rstrip("/") + quote(path, safe=PATH_SAFE),
             params=list(request.query_params.multi_items()),
-            content=body if body is not None else await request.body(),
+            content=body,
             headers=headers,
         )
     except httpx.HTTPError as e:
