@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jinshui.contracts.incidents import IncidentStatus, MediationMethod, MediationOutcome
 from jinshui.incidents import lifecycle, views
+from jinshui.kit import scope
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
+from jinshui.kit.problems import Problem
 
 router = APIRouter(prefix="/v1")
 Reason = Annotated[str, Field(min_length=1, max_length=1000)]
@@ -84,16 +86,21 @@ async def list_incidents(
         overdue=overdue,
         limit=limit,
         cursor=cursor,
+        scope=await scope.scope_of(pool, caller),
     )
 
 
 @router.get("/incidents/{incident_id}")
 async def get_incident(incident_id: str, pool: PoolDep, caller: CallerDep):
-    return await views.incident(pool, incident_id)
+    found = await views.incident(pool, incident_id)
+    if not scope.admits(await scope.scope_of(pool, caller), grid=found.get("grid"), beat=found.get("beat")):
+        raise Problem(404, f"no incident {incident_id}")
+    return found
 
 
 @router.post("/incidents/{incident_id}/transitions")
 async def move(incident_id: str, body: Transition, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
     at = svc.clock.now()
     async with pool.acquire() as conn, conn.transaction():
         row = await lifecycle.transition(
@@ -122,6 +129,7 @@ async def move(incident_id: str, body: Transition, pool: PoolDep, caller: Caller
 
 @router.post("/incidents/{incident_id}/mediations", status_code=201)
 async def mediate(incident_id: str, body: Mediation, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
     async with pool.acquire() as conn, conn.transaction():
         return await lifecycle.record_mediation(
             conn,
@@ -140,6 +148,7 @@ async def mediate(incident_id: str, body: Mediation, pool: PoolDep, caller: Call
 
 @router.post("/incidents/{incident_id}/satisfaction")
 async def satisfaction(incident_id: str, body: Satisfaction, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
     async with pool.acquire() as conn, conn.transaction():
         await lifecycle.record_satisfaction(
             conn,
@@ -155,6 +164,7 @@ async def satisfaction(incident_id: str, body: Satisfaction, pool: PoolDep, call
 
 @router.post("/incidents/{incident_id}/sources")
 async def link_source(incident_id: str, body: Link, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
     async with pool.acquire() as conn, conn.transaction():
         await lifecycle.link(
             conn,
@@ -172,6 +182,7 @@ async def link_source(incident_id: str, body: Link, pool: PoolDep, caller: Calle
 async def unlink_source(
     incident_id: str, source_id: str, body: Unlink, pool: PoolDep, caller: CallerDep, svc: ServiceDep
 ):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
     async with pool.acquire() as conn, conn.transaction():
         new_id = await lifecycle.unlink(
             conn,

@@ -14,6 +14,7 @@ from jinshui.contracts.incidents import (
 )
 from jinshui.incidents import addresses, api, deadlines, handlers, rules
 from jinshui.incidents.settings import IncidentsSettings
+from jinshui.kit import scope
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec, Permanent
 
@@ -27,6 +28,11 @@ def build(settings: IncidentsSettings | None = None) -> Service:
             stream=streams.REGISTRY,
             subjects=[streams.REGISTRY_HOUSEHOLD_REGISTERED + ".>"],
             handler=handlers.on_household_registered,
+        )
+    )
+    svc.consumer(
+        ConsumerSpec(
+            durable="incidents-assignments", stream=streams.REGISTRY, subjects=scope.SUBJECTS, handler=scope.keep
         )
     )
     intake = partial(handlers.take_in_batch, clock=svc.clock, reference_grace_seconds=settings.reference_grace_seconds)

@@ -10,6 +10,7 @@ import orjson
 
 from jinshui.incidents import rules
 from jinshui.kit.problems import Problem
+from jinshui.kit.scope import Scope
 
 LIST_COLUMNS = """i.id, i.category, i.kind, i.status, i.household_code, i.address, i.grid, i.beat, i.priority,
     i.opened_at, i.updated_at, i.closed_at, i.assignee, i.overdue, i.satisfied, i.satisfaction_score,
@@ -53,12 +54,16 @@ async def list_incidents(
     overdue: bool | None,
     limit: int,
     cursor: str | None,
+    scope: Scope | None = None,
 ) -> dict:
     where, args = ["i.merged_into IS NULL"], []
 
     def arg(value) -> str:
         args.append(value)
         return f"${len(args)}"
+
+    if scope is not None:
+        where.append(f"(i.grid = ANY({arg(scope.grids)}::text[]) OR i.beat = ANY({arg(scope.beats)}::text[]))")
 
     if status:
         where.append(f"i.status = ANY({arg(status)}::text[])")

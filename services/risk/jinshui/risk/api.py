@@ -12,7 +12,7 @@ from jinshui.contracts import streams
 from jinshui.contracts.base import AreaCode
 from jinshui.contracts.envelope import new_event
 from jinshui.contracts.risk import AlertLevel, KeyedHash, Plate, WatchEntryChanged, WatchKind, normalize_plate
-from jinshui.kit import outbox
+from jinshui.kit import outbox, scope
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.problems import Problem
 from jinshui.risk import alerts
@@ -45,12 +45,13 @@ async def list_alerts(
             cursor_at = datetime.fromisoformat(at_text)
         except ValueError:
             raise Problem(400, "before is not a cursor this API gave", type="bad-cursor") from None
+    in_scope, scope_params = scope.sql(await scope.scope_of(pool, caller), first_param=9)
     rows = await pool.fetch(
         f"""SELECT {ALERT_COLUMNS} FROM alerts
             WHERE ($1::text[] IS NULL OR status = ANY($1)) AND ($2::text[] IS NULL OR level = ANY($2))
               AND ($3::text IS NULL OR beat = $3) AND ($4::text IS NULL OR rule = $4)
               AND ($5::timestamptz IS NULL OR raised_at >= $5)
-              AND ($6::timestamptz IS NULL OR (raised_at, id) < ($6, $7))
+              AND ($6::timestamptz IS NULL OR (raised_at, id) < ($6, $7)) AND {in_scope}
             ORDER BY raised_at DESC, id DESC LIMIT $8""",
         status,
         [lv.value for lv in level] if level else None,
@@ -60,6 +61,7 @@ async def list_alerts(
         cursor_at,
         cursor_id,
         limit,
+        *scope_params,
     )
     items = [dict(r) for r in rows]
     nxt = f"{items[-1]['raised_at'].isoformat()}|{items[-1]['id']}" if len(items) == limit else None
@@ -69,7 +71,7 @@ async def list_alerts(
 @router.get("/alerts/{alert_id}")
 async def get_alert(alert_id: str, pool: PoolDep, caller: CallerDep):
     row = await pool.fetchrow(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1", alert_id)
-    if row is None:
+    if row is None or not scope.admits(await scope.scope_of(pool, caller), grid=row["grid"], beat=row["beat"]):
         raise Problem(404, f"no alert {alert_id}")
     history = await pool.fetch(
         "SELECT at, what, by, reason, evidence FROM alert_history WHERE alert_id = $1 ORDER BY at, what", alert_id
@@ -86,6 +88,7 @@ class ReasonRequired(BaseModel):
 
 
 async def _move(svc, pool, caller, alert_id: str, command: str, reason: str | None):
+    await get_alert(alert_id, pool, caller)  # 404 outside the caller's scope
     async with pool.acquire() as conn, conn.transaction():
         await alerts.move(conn, alert_id=alert_id, command=command, by=caller.sub, reason=reason, at=svc.clock.now())
     return await get_alert(alert_id, pool, caller)
@@ -273,16 +276,19 @@ async def list_tasks(
 ):
     """A grid worker sees the tasks of their grids (and those given to them); others see all, by filter."""
     mine = caller.role == "grid_worker"
+    in_scope, scope_params = scope.sql(None if mine else await scope.scope_of(pool, caller), first_param=6)
     rows = await pool.fetch(
         f"""SELECT {TASK_COLUMNS} FROM tasks t
             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR grid = $2)
               AND (NOT $3 OR assignee = $4 OR grid IN (
-                    SELECT area FROM assignments WHERE person = $4 AND role = 'grid_worker' AND active))
+                    SELECT area FROM scope_assignments WHERE person = $4 AND role = 'grid_worker' AND active))
+              AND {in_scope}
             ORDER BY due_at, id LIMIT $5""",
         status,
         grid,
         mine,
         caller.sub,
         limit,
+        *scope_params,
     )
     return {"tasks": [dict(r) for r in rows]}

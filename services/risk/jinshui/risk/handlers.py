@@ -9,6 +9,7 @@ import asyncpg
 
 from jinshui.contracts.envelope import CloudEvent
 from jinshui.contracts.events import AlertRaised, Evidence
+from jinshui.kit import scope
 from jinshui.risk import tasks
 from jinshui.risk.alerts import derived_id, raise_alert
 from jinshui.risk.rules import RuleBook, lookup, render
@@ -19,8 +20,8 @@ log = logging.getLogger(__name__)
 async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBook, escalate_after: timedelta) -> None:
     """Apply the effects of every rule in force whose conditions the event meets."""
     book.reload_if_changed()
-    if event.type == tasks.ASSIGNMENT:
-        await tasks.keep_assignments(conn, event)
+    if event.type == scope.ASSIGNMENT_CHANGED:
+        await scope.keep(conn, event)
     if event.type == tasks.VISIT:
         await tasks.close_by_visit(conn, event)  # before the rules, so a visit never closes its own new task
     if event.type in (TAG_SET, TAG_ENDED):

@@ -8,30 +8,14 @@ import asyncpg
 
 from jinshui.contracts import streams
 from jinshui.contracts.envelope import CloudEvent, new_event
-from jinshui.contracts.registry import AssignmentChanged, VisitRecorded
+from jinshui.contracts.registry import VisitRecorded
 from jinshui.contracts.risk import Evidence, TaskChanged
 from jinshui.kit import outbox
 from jinshui.risk import alerts
 from jinshui.risk.alerts import SOURCE, derived_id
 
 VISIT = "org.jinshui.registry.visit.recorded.v1"
-ASSIGNMENT = "org.jinshui.registry.assignment.changed.v1"
 COLUMNS = "id, rule, title, household_code, grid, beat, assignee, alert_id, due_at, evidence, status"
-
-
-async def keep_assignments(conn: asyncpg.Connection, event: CloudEvent) -> None:
-    """Risk's copy of who is assigned where, from the registry's events."""
-    a = AssignmentChanged.model_validate(event.data)
-    await conn.execute(
-        """INSERT INTO assignments (assignment_id, person, role, area, active, at) VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (assignment_id) DO UPDATE SET active = $5, at = $6 WHERE assignments.at <= $6""",
-        a.assignment_id,
-        a.person,
-        a.role.value,
-        a.area,
-        a.change == "assigned",
-        a.at,
-    )
 
 
 async def create(
@@ -48,7 +32,8 @@ async def create(
     event: CloudEvent,
 ) -> None:
     assignee = await conn.fetchval(
-        "SELECT person FROM assignments WHERE area = $1 AND role = 'grid_worker' AND active ORDER BY at LIMIT 1", grid
+        "SELECT person FROM scope_assignments WHERE area = $1 AND role = 'grid_worker' AND active ORDER BY at LIMIT 1",
+        grid,
     )
     evidence = [Evidence(event_id=event.id, type=event.type, time=event.time)]
     row = await conn.fetchrow(
