@@ -504,7 +504,17 @@ async def my_households_due(
 
 
 # --- bulk import: the CSV streamed on to the registry (it holds the keys), its NDJSON report streamed back ------
-@router.post("/imports")
+@router.post(
+    "/imports",
+    summary="Bulk import of households, persons and residencies from CSV (UTF-8 or GBK)",
+    openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "description": "A summary line, then one line per rejected row (row, column, reason), as NDJSON",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def bulk_import(
     request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("POST", "/v1/imports")]
 ) -> StreamingResponse:
