@@ -37,7 +37,21 @@ browser:
 		(apt-get update && apt-get install -y chromium fonts-wqy-microhei)
 
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .jinshui
+
+# Issue 8's harness: the embedded stack, this machine's floors, the scenarios (SCENARIO=latency runs one).
+SCENARIO ?= all
+.PHONY: bench bench-smoke
+bench: $(STAMP)
+	$(BIN)/python -m bench --scenario $(SCENARIO)
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --size smoke --scenario $(SCENARIO)
+
+# The fault suite at full size: 20,000 records of mixed load per scenario (make test runs a small size).
+.PHONY: faults
+faults: $(STAMP)
+	FAULTS_SIZE=20000 FAULTS_BATCH=250 $(BIN)/python -m pytest -s tests/faults
