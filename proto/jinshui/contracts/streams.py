@@ -61,6 +61,9 @@ RISK_TASK = "risk.task"  # risk.task.<verb>.<grid>
 RISK_SUBMISSION_SETTLED = "risk.submission.settled"
 SIGHTINGS_SUBMITTED = "sightings.batch.submitted"
 DLQ_PREFIX = "dlq"
+# One INTAKE or SIGHTINGS message carries a whole submitted batch (up to 500 records): a consumer fetches a few
+# of them at a time, so that one transaction stays around a thousand records, not a hundred thousand.
+BATCHES_PER_FETCH = 2
 
 
 def keyed(subject: str, key: str) -> str:

@@ -257,6 +257,8 @@ def service_env(servers: Servers, database_url: str, stream_prefix: str, tmp_pat
         JINSHUI_CLOCK_FILE=str(tmp_path / "clock"),
         LOG_LEVEL="INFO",
         OTEL_BSP_SCHEDULE_DELAY="200",
+        # Tests set up whole communities in a second; the rate limits have their own test (test_door).
+        RATE_LIMIT_DEFAULT="[0, 0]",
     )
     return env
 

@@ -32,7 +32,9 @@ def setup_tracing(service_name: str, *, otlp_endpoint: str | None) -> TracerProv
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+        # Without an exporter the API's no-op tracer stays in place: spans nobody sees cost nothing, and the
+        # trace context of incoming headers still travels on.
+        trace.set_tracer_provider(provider)
     _provider = provider
     return provider
 

@@ -88,7 +88,7 @@ def allowed(method: str, path: str):
     """The dependency for one endpoint: authenticated, a role the table admits, within the role's rate."""
     check_role = require(*ROLES[(method, path)])
 
-    def dependency(request: Request) -> Identity:
+    async def dependency(request: Request) -> Identity:  # async: no thread hop per request
         identity = check_role(request)
         request.app.state.rate_limiter.check(sub=identity.sub, role=identity.role)
         return identity

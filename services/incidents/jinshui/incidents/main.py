@@ -54,6 +54,7 @@ def build(settings: IncidentsSettings | None = None) -> Service:
     svc.consumer(
         ConsumerSpec(
             durable="incidents-intake",
+            batch=streams.BATCHES_PER_FETCH,
             stream=streams.INTAKE,
             subjects=[INTAKE_POLICE_CALLS, INTAKE_REPORTS],
             handler=on_intake,

@@ -42,6 +42,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
     svc.consumer(
         ConsumerSpec(
             durable="registry-intake",
+            batch=streams.BATCHES_PER_FETCH,
             stream=streams.INTAKE,
             subjects=[
                 streams.INTAKE_VISITS,

@@ -28,6 +28,7 @@ def build(settings: RiskSettings | None = None) -> Service:
     svc.consumer(
         ConsumerSpec(
             durable="risk-sightings",
+            batch=streams.BATCHES_PER_FETCH,
             stream=streams.SIGHTINGS,
             subjects=[streams.SIGHTINGS_SUBMITTED],
             handler=partial(
