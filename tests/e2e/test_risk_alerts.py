@@ -184,8 +184,10 @@ async def test_a_sighting_needs_something_seen_and_a_watch_entry_its_key(desk):
 
 
 async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, service_env, tmp_path):
-    from jinshui.risk.rules import DEFAULT_RULES
+    from jinshui.risk.rules import DEFAULT_RULES, parse
 
+    shipped = parse(DEFAULT_RULES.read_text(encoding="utf-8")).version
+    v, v_next = f"version: {shipped}", f"version: {shipped + 1}"
     rules = tmp_path / "rules.yaml"
     rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8"), encoding="utf-8")
     s = await stack(services=("registry", "risk", "gateway"), env_overrides={"RULES_FILE": str(rules)})
@@ -193,14 +195,14 @@ async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, se
     admin = desk.auth("community_admin")
     await desk.household("R1")
     await desk.household("R2")
-    rules.write_text(rules.read_text().replace("version: 1", "version: 2").replace("level: HIGH", "level: URGENT"))
+    rules.write_text(rules.read_text().replace(v, v_next).replace("level: HIGH", "level: URGENT"))
     r = await desk.http.post("/v1/rules/reload", headers=admin)
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
-    assert "rules.0.effects.0.alert.level" in r.json()["detail"] and r.json()["version_in_force"] == 1
+    assert "rules.0.effects.0.alert.level" in r.json()["detail"] and r.json()["version_in_force"] == shipped
     async with desk.stream() as sse:
         await desk.urgent_visit("R1")
         raised = (await eventually(lambda: of_type(sse, "raised"), what="alert under the old rules"))[0]["data"]
-        assert raised["level"] == "HIGH" and "rules v1" in raised["explanation"]
+        assert raised["level"] == "HIGH" and f"rules v{shipped}" in raised["explanation"]
 
         extra = """
   - id: welfare-follow-up
@@ -210,9 +212,9 @@ async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, se
     effects:
       - alert: {level: LOW, subject: household_code, explanation: "welfare need at {household_code}"}
 """
-        rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8").replace("version: 1", "version: 2") + extra)
+        rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8").replace(v, v_next) + extra)
         r = await desk.http.post("/v1/rules/reload", headers=admin)
-        assert r.status_code == 200 and r.json()["version"] == 2
+        assert r.status_code == 200 and r.json()["version"] == shipped + 1
         visit = {"household_code": "R2", "visited_at": datetime.now(UTC).isoformat(), "concerns": ["welfare_need"]}
         r = await desk.http.post(
             "/v1/visits", json={"visits": [visit]}, headers={**desk.auth("grid_worker"), "Prefer": "wait=20"}
@@ -221,9 +223,9 @@ async def test_a_rule_file_with_an_error_leaves_the_old_rules_in_force(stack, se
         low = await eventually(
             lambda: [a for a in of_type(sse, "raised") if a["data"]["rule"] == "welfare-follow-up"], what="new rule"
         )
-        assert low[0]["data"]["level"] == "LOW" and "rules v2" in low[0]["data"]["explanation"]
+        assert low[0]["data"]["level"] == "LOW" and f"rules v{shipped + 1}" in low[0]["data"]["explanation"]
     shown = (await desk.http.get("/v1/rules", headers=desk.auth("police"))).json()
-    assert shown["version"] == 2 and shown["last_error"] is None
+    assert shown["version"] == shipped + 1 and shown["last_error"] is None
     await desk.http.aclose()
 
 

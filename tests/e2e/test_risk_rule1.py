@@ -131,3 +131,28 @@ async def test_three_incidents_at_one_household_within_30_days_raise_a_repeat_ad
         alert = (await eventually(repeat, timeout=40, what="the repeat-address alert"))[0]
         assert alert["level"] == "MEDIUM" and alert["household_code"] == c.household
         assert len(alert["evidence"]) == 3
+
+
+async def test_a_floating_residency_past_its_end_gives_the_grid_worker_a_confirm_departure_task(community, service_env):
+    from jinshui.kit.clock import advance
+
+    c = community
+    now = datetime.now(UTC)
+    arrival = {
+        "household_code": c.household,
+        "person": {"name": "流动人员甲", "id_number": id_number("41010219950505123")},
+        "kind": "floating",
+        "arrived_at": (now - timedelta(days=170)).isoformat(),
+        "expected_end": (now + timedelta(hours=1)).isoformat(),
+    }
+    await c.settled("/v1/residents/arrivals", {"arrivals": [arrival]}, "grid_worker", "gw-3")
+
+    async def tasks():
+        r = await c.http.get("/v1/tasks", headers=c.auth("grid_worker", "gw-3"))
+        return [t for t in r.json()["tasks"] if t["rule"] == "confirm-departure"]
+
+    assert await tasks() == []
+    advance(service_env["JINSHUI_CLOCK_FILE"], 2 * 3600)
+    task = (await eventually(tasks, timeout=40, what="the confirm-departure task"))[0]
+    assert task["assignee"] == "gw-3" and task["household_code"] == c.household
+    assert "Confirm whether the floating resident" in task["title"]
