@@ -14,12 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.background import BackgroundTask
 
 from jinshui.contracts import registry as contracts
-from jinshui.contracts.base import MAX_BATCH, HouseholdCode, Submitter
-from jinshui.gateway.api import prefer_wait, submit
-from jinshui.gateway.idempotency import run_idempotent
+from jinshui.contracts.base import MAX_BATCH, HouseholdCode
+from jinshui.gateway.api import accept_submission
 from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import allowed
-from jinshui.gateway.submissions import new_submission_id
 from jinshui.kit import telemetry
 from jinshui.kit.app import IDENTITY_NAME, IDENTITY_ROLE, IDENTITY_SUB, ServiceDep
 from jinshui.kit.pii import IdNumber, Keyring, Phone
@@ -242,19 +240,16 @@ def _ref(keyring: Keyring, r: PersonRefIn) -> contracts.PersonRef:
 async def _submit(request, svc, caller: Identity, prefer: str | None, *, kind: str, model, records):
     """Protect the batch's personal data, then submit it as one INTAKE message (202, or the outcome if waited)."""
     event_type = contracts.TYPES_BY_MODEL[model]
-
-    async def accept():
-        data = model(
-            submission_id=new_submission_id(),
-            submitter=Submitter(sub=caller.sub, role=caller.role),
-            received_at=svc.clock.now(),
-            records=records(svc.app.state.keyring),
-        )
-        wait = prefer_wait(prefer, svc.settings.prefer_wait_max_seconds)
-        subject = event_type.removeprefix("org.jinshui.").rsplit(".v", 1)[0]  # intake.<entity>.submitted
-        return await submit(svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, wait=wait)
-
-    return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
+    return await accept_submission(
+        request,
+        svc,
+        caller,
+        prefer,
+        kind=kind,
+        event_type=event_type,
+        subject=event_type.removeprefix("org.jinshui.").rsplit(".v", 1)[0],  # intake.<entity>.submitted
+        make=lambda keyring, **head: model(**head, records=records(keyring)),
+    )
 
 
 Prefer = Annotated[str | None, Header()]
