@@ -82,28 +82,30 @@ async def accept_submission(
             keyring=getattr(svc.app.state, "keyring", None),
         )
         # An ID number or a mobile typed into free text (a note, a description) never leaves the door in clear.
-        data = type(data).model_validate(redact_payload(data.model_dump(mode="json")))
+        # The contract was validated as it was built; the masked payload goes out as it is (no second pass).
+        payload = redact_payload(data.model_dump(mode="json"))
         wait = prefer_wait(prefer, svc.settings.prefer_wait_max_seconds)
-        return await submit(svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, wait=wait)
+        return await submit(
+            svc, caller=caller, kind=kind, event_type=event_type, subject=subject, data=payload, wait=wait
+        )
 
     return await run_idempotent(svc.app.state.idempotency, request, caller, accept)
 
 
-async def submit(svc, *, caller: Identity, kind: str, event_type: str, subject: str, data, wait: float | None):
-    """Accept a submission once JetStream has it: 202, or with `wait` its outcome when it comes in time."""
+async def submit(svc, *, caller: Identity, kind: str, event_type: str, subject: str, data: dict, wait: float | None):
+    """Accept a submission (its contract as JSON-ready data) once JetStream has it: 202, or its outcome in time."""
     submissions = svc.app.state.submissions
+    submission_id = data["submission_id"]
     try:
-        state = await submissions.submit(
-            caller=caller, kind=kind, event_type=event_type, subject=subject, data=data, received_at=data.received_at
-        )
+        state = await submissions.submit(caller=caller, kind=kind, event_type=event_type, subject=subject, data=data)
     except Exception as e:
         raise Problem(503, f"the submission could not be made durable: {e!r}", headers={"Retry-After": "1"}) from e
-    location = {"Location": f"/v1/submissions/{data.submission_id}"}
+    location = {"Location": f"/v1/submissions/{submission_id}"}
     if wait:
-        settled = await submissions.wait_settled(data.submission_id, timeout=wait)
+        settled = await submissions.wait_settled(submission_id, timeout=wait)
         if settled is not None:
             return JSONResponse(settled, status_code=200, headers={**location, "Preference-Applied": f"wait={wait:g}"})
-    body = Accepted(submission_id=data.submission_id, status=state["status"], records=state["records"])
+    body = Accepted(submission_id=submission_id, status=state["status"], records=state["records"])
     return JSONResponse(body.model_dump(), status_code=202, headers=location)
 
 

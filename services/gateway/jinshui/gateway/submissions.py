@@ -14,7 +14,6 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel
 
 from jinshui.contracts.envelope import CloudEvent, new_event
 from jinshui.contracts.events import OutcomeStatus, SubmissionSettled
@@ -51,18 +50,18 @@ class Submissions:
         kind: str,
         event_type: str,
         subject: str,
-        data: BaseModel,
-        received_at: datetime,
+        data: dict[str, Any],
     ) -> dict[str, Any]:
-        """Write `received`, then publish one INTAKE message; returns the submission's state."""
-        submission_id = data.submission_id  # type: ignore[attr-defined]
+        """Write `received`, then publish one INTAKE message (`data`: the contract, JSON-ready); returns its state."""
+        submission_id = data["submission_id"]
+        received_at = datetime.fromisoformat(data["received_at"])
         state = {
             "submission_id": submission_id,
             "kind": kind,
             "submitter": caller.sub,
             "status": "received",
             "received_at": received_at.isoformat(),
-            "records": len(data.records),  # type: ignore[attr-defined]
+            "records": len(data["records"]),
         }
         try:
             created = await self.kv.create(submission_id, orjson.dumps(state))
