@@ -3,13 +3,10 @@ found in clear in any log, exported span, stream (INTAKE and DLQ included), KV b
 
 from __future__ import annotations
 
-import gzip
 import random
 import subprocess
 import sys
-import threading
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,51 +15,26 @@ import nats
 import pytest
 
 from jinshui.kit.testing import eventually
+from jinshui.kit.testing import id_number as fake_id
 from jinshui.kit.tokens import issue_token
 
-WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+from .otlp import OtlpReceiver
 
 
 def id_number(rng: random.Random) -> str:
     born = f"{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}{rng.randrange(1, 28):02d}"
-    body = f"370502{born}{rng.randrange(1000):03d}"
-    return body + "10X98765432"[sum(int(c) * w for c, w in zip(body, WEIGHTS, strict=True)) % 11]
+    return fake_id(f"370502{born}{rng.randrange(1000):03d}")
 
 
 def phone(rng: random.Random) -> str:
     return f"13{rng.randrange(10**9):09d}"
 
 
-class RawCollector:
-    """An OTLP/HTTP receiver that keeps every exported body, to search spans for what must not be there."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                bodies.append(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def collector():
-    c = RawCollector()
+    c = OtlpReceiver()
     yield c
-    c.server.shutdown()
+    c.close()
 
 
 async def every_stream_message(nats_url: str, prefix: str) -> bytes:

@@ -9,16 +9,11 @@ from urllib.parse import quote
 import nats
 import pytest_asyncio
 
-from jinshui.kit.pii import id_number_check_digit
-from jinshui.kit.testing import eventually
+from jinshui.kit.testing import eventually, id_number
 
 from .test_registry_areas import PROBLEM, Registry
 
 WAIT = {"Prefer": "wait=20"}
-
-
-def id_number(first17: str) -> str:
-    return first17 + id_number_check_digit(first17)
 
 
 ZHANG = id_number("37050219900101123")  # born 1990-01-01, odd sequence: male

@@ -9,7 +9,7 @@ import httpx
 import pytest_asyncio
 
 from jinshui.kit.clock import advance
-from jinshui.kit.testing import eventually
+from jinshui.kit.testing import eventually, id_number
 from jinshui.kit.tokens import issue_token
 
 from .sse import SseClient
@@ -115,11 +115,6 @@ async def test_a_high_alert_left_unacknowledged_escalates_when_the_clock_passes(
         escalated = (await eventually(lambda: of_type(sse, "escalated"), timeout=30, what="escalation"))[0]
         assert escalated["data"]["alert_id"] == alert_id and escalated["data"]["attention"] == 1
         assert escalated["data"]["reason"] == "not acknowledged in time"
-
-
-def id_number(body17: str) -> str:
-    weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
-    return body17 + "10X98765432"[sum(int(c) * w for c, w in zip(body17, weights, strict=True)) % 11]
 
 
 async def test_gate_sightings_of_watch_listed_plates_and_persons_raise_alerts(desk):

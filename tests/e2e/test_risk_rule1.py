@@ -8,15 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest_asyncio
 
-from jinshui.kit.testing import eventually
+from jinshui.kit.testing import eventually, id_number
 from jinshui.kit.tokens import issue_token
 
 from .sse import SseClient
-
-
-def id_number(body17: str) -> str:
-    weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
-    return body17 + "10X98765432"[sum(int(c) * w for c, w in zip(body17, weights, strict=True)) % 11]
 
 
 class Community:

@@ -18,3 +18,10 @@ async def eventually(check, *, timeout: float = 20.0, interval: float = 0.05, wh
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def id_number(first17: str) -> str:
+    """A well-formed (fictitious) resident ID number: the 17 digits given and their GB 11643 check character."""
+    from jinshui.kit.pii import id_number_check_digit
+
+    return first17 + id_number_check_digit(first17)
