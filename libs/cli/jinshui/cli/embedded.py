@@ -141,6 +141,9 @@ class NatsServer:
         if self.is_running():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Readable by its owner only: the configuration may hold the users' passwords.
+        self.conf_path.touch(mode=0o600)
+        self.conf_path.chmod(0o600)
         self.conf_path.write_text(self.config())
         with open(self.log_path, "ab") as log:
             log.write(f"--- jinshui: starting nats-server at {time.strftime('%F %T')} ---\n".encode())

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psutil
 
+from jinshui.cli import natsauth
 from jinshui.cli._proc import process_alive, signal_group
 from jinshui.cli.embedded import EmbeddedError, NatsServer, PgServer, ensure_database, start_nats, start_postgres
 from jinshui.cli.stack import DEFAULT_PORTS, SERVICES, Stack, StackError, choose_ports
@@ -26,6 +27,8 @@ DEFAULT_HOME = ".jinshui"
 DEFAULT_NATS_PORT = 4222
 DATABASE_NAME = "jinshui"
 RUN_FILE = "run.json"
+# The embedded NATS users' passwords (made once, under JINSHUI_HOME).
+NATS_PASSWORDS_FILE = "nats-users.json"
 
 
 def _default_home() -> str:
@@ -172,9 +175,18 @@ async def _up(home: Path, *, ready_within: float) -> int:
         nats_url = os.environ.get("NATS_URL")
         database_url = os.environ.get("DATABASE_URL")
         # Blocking starts: a Ctrl-C meanwhile is seen (and acted on) right after.
+        nats_users: dict[str, tuple[str, str]] = {}
         if not nats_url:
-            nats = start_nats(home / "nats", port=DEFAULT_NATS_PORT)
+            # Each service connects as its own user (natsauth); an admin user is there for tools.
+            passwords = natsauth.load_or_create_passwords(home / NATS_PASSWORDS_FILE)
+            authorization = natsauth.render(
+                passwords,
+                prefix=os.environ.get("JINSHUI_STREAM_PREFIX", ""),
+                admin_password=passwords[natsauth.ADMIN_USER],
+            )
+            nats = start_nats(home / "nats", port=DEFAULT_NATS_PORT, config_extra=authorization)
             nats_url = nats.url
+            nats_users = natsauth.service_users(passwords)
         if not database_url and not stopping.is_set():
             pg = start_postgres(home / "pg")
             database_url = await ensure_database(pg.url, DATABASE_NAME)
@@ -192,7 +204,9 @@ async def _up(home: Path, *, ready_within: float) -> int:
         env.setdefault("JINSHUI_CLOCK", "adjustable")
         env.setdefault("JINSHUI_CLOCK_FILE", str(home / "clock"))
         env.setdefault("LOG_LEVEL", "INFO")
-        stack = Stack(env=env, log_dir=home / "logs", ports=choose_ports(SERVICES, DEFAULT_PORTS))
+        stack = Stack(
+            env=env, log_dir=home / "logs", ports=choose_ports(SERVICES, DEFAULT_PORTS), nats_users=nats_users
+        )
         urls = {"nats": _redact(nats_url), "database": _redact(database_url)}
 
         def record(ready: bool) -> None:

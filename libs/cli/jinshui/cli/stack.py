@@ -53,8 +53,11 @@ class Stack:
         log_dir: Path,
         services: Sequence[str] = SERVICES,
         ports: Mapping[str, int] | None = None,
+        nats_users: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self.services = tuple(services)
+        # Each service's own NATS (user, password), set as its NATS_USER / NATS_PASSWORD.
+        self.nats_users = dict(nats_users or {})
         self.log_dir = Path(log_dir)
         self._env = dict(env)
         given = dict(ports or {})
@@ -109,6 +112,8 @@ class Stack:
         env.setdefault("HTTP_HOST", "127.0.0.1")
         env["HTTP_PORT"] = str(self.ports[name])
         env["OTEL_SERVICE_NAME"] = f"jinshui-{name}"
+        if name in self.nats_users:
+            env["NATS_USER"], env["NATS_PASSWORD"] = self.nats_users[name]
         if name == "gateway":
             for upstream, var in UPSTREAMS.items():
                 if upstream in self.ports:

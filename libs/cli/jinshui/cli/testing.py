@@ -24,6 +24,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from jinshui.cli import natsauth
 from jinshui.cli._proc import process_alive
 from jinshui.cli.embedded import NatsServer, PgServer, database_dsn, start_nats, start_postgres, stop_stale_servers
 from jinshui.cli.stack import SERVICES, Stack
@@ -37,6 +38,9 @@ TEST_PG_SETTINGS = {
     "full_page_writes": "off",
     "max_connections": "300",
 }
+# The embedded NATS runs with the services' users (natsauth) and these fixed development passwords; tests and
+# their helpers connect as the admin, whose credentials `Servers.nats_url` carries.
+TEST_NATS_PASSWORDS = {user: f"{user}-test" for user in (*SERVICES, natsauth.ADMIN_USER)}
 
 __all__ = ["Servers", "StackFactory"]
 
@@ -62,6 +66,8 @@ class Servers:
         self.pg = pg
         self.root = root
         self._containers = list(containers)
+        # Each service's NATS (user, password) when the server has users (the embedded one); else empty.
+        self.nats_users: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"Servers(kind={self.kind!r}, nats_url={self.nats_url!r})"
@@ -69,6 +75,9 @@ class Servers:
     @property
     def nats_url(self) -> str:
         if self.nats is not None:
+            if self.nats_users:
+                admin = natsauth.ADMIN_USER
+                return self.nats.url.replace("nats://", f"nats://{admin}:{TEST_NATS_PASSWORDS[admin]}@", 1)
             return self.nats.url
         assert self._nats_url is not None
         return self._nats_url
@@ -178,7 +187,13 @@ def _start_embedded(servers: Servers, *, nats: bool, pg: bool) -> None:
     root.chmod(0o755)
     servers.root = root
     if nats:
-        servers.nats = start_nats(root / "nats")
+        authorization = natsauth.render(
+            TEST_NATS_PASSWORDS,
+            prefix=natsauth.ANY_PREFIX,
+            admin_password=TEST_NATS_PASSWORDS[natsauth.ADMIN_USER],
+        )
+        servers.nats = start_nats(root / "nats", config_extra=authorization)
+        servers.nats_users = natsauth.service_users(TEST_NATS_PASSWORDS)
     if pg:
         servers.pg = start_postgres(root / "pg", settings=TEST_PG_SETTINGS)
         servers.admin_database_url = servers.pg.url
@@ -269,7 +284,7 @@ _STACKS = pytest.StashKey[list[Stack]]()
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(
-    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path: Path
+    request: pytest.FixtureRequest, servers: Servers, service_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[StackFactory]:
     """`await stack(services=..., env_overrides=..., ports=..., timeout=...)`: a started Stack, stopped later."""
     made: list[Stack] = []
@@ -283,7 +298,13 @@ async def stack(
         timeout: float = 60,
     ) -> Stack:
         env = {**service_env, **(env_overrides or {})}
-        started = Stack(env=env, log_dir=tmp_path / "logs" / f"stack{len(made)}", services=services, ports=ports)
+        started = Stack(
+            env=env,
+            log_dir=tmp_path / "logs" / f"stack{len(made)}",
+            services=services,
+            ports=ports,
+            nats_users=servers.nats_users,
+        )
         made.append(started)
         await started.start(timeout)
         return started
