@@ -472,7 +472,10 @@ class ResidentsImported(Contract):
 
 # --- access audit: who read whose personal data, when and why -------------------------------------------------
 class PersonalDataRead(Contract):
-    """Personal data was shown in clear (on the AUDIT stream; the read fails unless this is acknowledged)."""
+    """A person's file was read, masked or whole (on the AUDIT stream; the read fails unless this is acknowledged).
+
+    `fields` says what was shown (`id_number:masked` when only the masked form); `purpose` is the one the reader
+    stated, empty when none was needed."""
 
     read_id: str
     reader: str

@@ -164,13 +164,13 @@ async def household_card(
     by_person: dict[str, list] = {}
     for t in tagged:
         by_person.setdefault(t.pop("person_id") or "", []).append(t)
-    if whole and residents:
+    if residents:  # every read of a person's file is audited, masked or whole
         await disclosure.audit_read(
             svc,
             caller=caller,
             purpose=purpose or "",
             person_ids=[r["person_id"] for r in residents],
-            fields=["id_number", "phone"],
+            fields=disclosure.fields_shown(whole=whole),
             resource=f"/v1/households/{row['code']}",
         )
     return {
@@ -244,7 +244,7 @@ class PersonSearch(BaseModel):
 
 
 @router.post("/persons/search")
-async def search_persons(body: PersonSearch, pool: PoolDep, caller: CallerDep, keyring: KeyringDep):
+async def search_persons(body: PersonSearch, pool: PoolDep, caller: CallerDep, svc: ServiceDep, keyring: KeyringDep):
     try:
         id_hash = keyring.lookup_hash("id_number", body.id_number) if body.id_number else None
         phone_hash = keyring.lookup_hash("phone", body.phone) if body.phone else None
@@ -259,6 +259,15 @@ async def search_persons(body: PersonSearch, pool: PoolDep, caller: CallerDep, k
             address=body.address,
             limit=body.limit,
             scope=await scope.of(conn, caller),
+        )
+    if rows:
+        await disclosure.audit_read(
+            svc,
+            caller=caller,
+            purpose="",
+            person_ids=sorted({r["person_id"] for r in rows}),
+            fields=disclosure.fields_shown(whole=False),
+            resource="/v1/persons/search",
         )
     return {
         "persons": [
@@ -290,15 +299,14 @@ async def person(
     visible = seen.everything or (where and seen.covers(grid=where[0]["grid"], beat=where[0]["beat"]))
     if row is None or not visible:
         raise Problem(404, f"no person {person_id}")
-    if whole:
-        await disclosure.audit_read(
-            svc,
-            caller=caller,
-            purpose=purpose or "",
-            person_ids=[person_id],
-            fields=["id_number", "phone"],
-            resource=f"/v1/persons/{person_id}",
-        )
+    await disclosure.audit_read(  # every read of a person's file is audited, masked or whole
+        svc,
+        caller=caller,
+        purpose=purpose or "",
+        person_ids=[person_id],
+        fields=disclosure.fields_shown(whole=whole),
+        resource=f"/v1/persons/{person_id}",
+    )
     return {
         "person_id": person_id,
         "name": row["name"],

@@ -61,3 +61,8 @@ async def audit_read(svc, *, caller: Identity, purpose: str, person_ids: list[st
             type="audit-unavailable",
             headers={"Retry-After": "5"},
         ) from e
+
+
+def fields_shown(*, whole: bool) -> list[str]:
+    """What a read of a person's file showed: the ID number and phone whole, or only their masked forms."""
+    return ["name", "id_number", "phone"] if whole else ["name", "id_number:masked", "phone:masked"]
