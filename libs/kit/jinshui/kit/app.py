@@ -146,7 +146,7 @@ class Service:
             await db.migrate(self.pool, schema=self.name, sources=sources)
         self.nc = await natsconn.connect(s, name=f"jinshui-{self.name}")
         self.js = self.nc.jetstream(timeout=5)
-        await natsconn.ensure_streams(self.js, self.naming, ALL_STREAMS)
+        await natsconn.ensure_streams(self.js, self.naming, ALL_STREAMS, replicas=s.jinshui_stream_replicas)
         self.consumers = []
         for spec in self._specs:
             consumer = InboxConsumer(pool=self.pool, js=self.js, naming=self.naming, spec=spec)

@@ -30,6 +30,8 @@ class ServiceSettings(BaseSettings):
     database_url: str = DEV_DATABASE_URL
     # Prefix for stream names and subjects, so that tests can share one NATS server.
     jinshui_stream_prefix: str = ""
+    # Replicas of each stream the service provisions: 1 on one server, 3 on a three-server cluster.
+    jinshui_stream_replicas: int = Field(default=1, ge=1, le=5)
     # Where the embedded default keeps its data and development keys.
     jinshui_home: Path = Path(".jinshui")
     http_host: str = "127.0.0.1"

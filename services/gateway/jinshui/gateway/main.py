@@ -41,9 +41,21 @@ def build(settings: GatewaySettings | None = None) -> Service:
 
     @svc.on_start
     async def _open(s: Service) -> None:
-        kv = await open_bucket(s.js, s.naming, "submissions", ttl_seconds=settings.submissions_ttl_seconds)
+        kv = await open_bucket(
+            s.js,
+            s.naming,
+            "submissions",
+            ttl_seconds=settings.submissions_ttl_seconds,
+            replicas=settings.jinshui_stream_replicas,
+        )
         s.app.state.submissions = Submissions(js=s.js, kv=kv, naming=s.naming)
-        keys = await open_bucket(s.js, s.naming, "idempotency", ttl_seconds=settings.idempotency_ttl_seconds)
+        keys = await open_bucket(
+            s.js,
+            s.naming,
+            "idempotency",
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            replicas=settings.jinshui_stream_replicas,
+        )
         s.app.state.idempotency = Idempotency(keys, lease_seconds=settings.idempotency_lease_seconds)
         feed = AlertFeed(
             js=s.js,

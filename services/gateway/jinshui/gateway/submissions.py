@@ -30,12 +30,14 @@ def bucket_name(naming: Naming, name: str) -> str:
     return f"{naming.prefix}_{name}" if naming.prefix else name
 
 
-async def open_bucket(js, naming: Naming, name: str, *, ttl_seconds: int) -> KeyValue:
+async def open_bucket(js, naming: Naming, name: str, *, ttl_seconds: int, replicas: int = 1) -> KeyValue:
     try:
         return await js.key_value(bucket_name(naming, name))
     except BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=bucket_name(naming, name), ttl=float(ttl_seconds), storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=bucket_name(naming, name), ttl=float(ttl_seconds), storage=StorageType.FILE, replicas=replicas
+            )
         )
 
 
