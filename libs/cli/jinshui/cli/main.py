@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jinshui.cli import importer
 
     importer.add_parser(sub, _default_home())
+    from jinshui.cli import dlq
+
+    dlq.add_parser(sub, _default_home())
     return parser
 
 

@@ -237,10 +237,12 @@ class InboxConsumer:
         meta = msg.metadata
         original = self.naming.unprefix(msg.subject)
         headers = dict(msg.headers or {})
-        headers.pop("Nats-Msg-Id", None)
+        original_id = headers.pop("Nats-Msg-Id", None)
         headers.update(
             {
                 "Nats-Msg-Id": f"{meta.stream}:{meta.sequence.stream}:{self.spec.durable}",
+                # Kept so that `jinshui dlq replay` can show and derive from it.
+                **({"Jinshui-Dlq-Msg-Id": original_id} if original_id else {}),
                 "Jinshui-Dlq-Reason": reason[:1000],
                 "Jinshui-Dlq-Subject": original,
                 "Jinshui-Dlq-Stream": meta.stream,
