@@ -87,3 +87,31 @@ async def test_a_file_without_the_required_columns_is_refused_whole(registry):  
         "/v1/imports", content=b"a,b\n", headers=registry.auth("grid_worker", **{"Content-Type": "text/csv"})
     )
     assert r.status_code == 403
+
+
+async def test_a_file_of_several_chunks_is_applied_whole_with_its_bad_rows_in_order(registry):  # noqa: F811
+    # 2,600 person rows: the first chunk is parsed in place, the others in the worker process while the one before
+    # is applied; bad rows sit in the second and third chunks and come back in row order.
+    lines, bad = [], {}
+    for i in range(2600):
+        number = id_number(f"3705{i // 1000:02d}{1950 + i % 50}0101{i % 1000:03d}")
+        if i in (1500, 2100):
+            number = number[:-1] + ("0" if number[-1] != "0" else "1")
+            bad[i + 2] = "id_number"  # the header is row 1
+        grid = "G01" if i != 1801 else "G77"
+        if i == 1801:
+            bad[i + 2] = "grid"
+        lines.append(f"金水小区9号楼{i // 4},{grid},,9,居民{i},{number},,常住,2025-01-01,")
+    numbers = {line.split(",")[5] for line in lines}
+    assert len(numbers) == 2600  # distinct persons
+    text = csv_of(lines).encode()
+    summary, errors = await post(registry, text)
+    assert summary["rows"] == 2600 and summary["chunks"] == 3
+    assert [(e["row"], e["column"]) for e in errors] == sorted(bad.items())
+    assert summary["persons_new"] == summary["residencies_new"] == 2597
+    assert summary["households_new"] == 650
+    arrivals = [a for e in await registry.events("resident.imported.v1") for a in e["data"]["arrivals"]]
+    assert len(arrivals) == 2597 and len({a["person_id"] for a in arrivals}) == 2597
+
+    again, errors = await post(registry, text)
+    assert again["unchanged"] == 2597 and again["applied"] == 0 and len(errors) == 3

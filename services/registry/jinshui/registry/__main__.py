@@ -1,3 +1,4 @@
 from jinshui.registry.main import build
 
-build().run()
+if __name__ == "__main__":  # the import's worker processes import this module too
+    build().run()

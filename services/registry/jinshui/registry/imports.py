@@ -9,12 +9,15 @@ and at most two events (households, residents), each carrying at most CHUNK reco
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import hashlib
+import multiprocessing
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
@@ -184,33 +187,24 @@ class Row:
     person: dict | None = None
 
 
-class Importer:
-    def __init__(self, *, pool: asyncpg.Pool, keyring: Keyring, actor: str, now: datetime) -> None:
-        self.pool, self.keyring, self.actor, self.now = pool, keyring, actor, now
-        self.summary = Summary(import_id=str(uuid.uuid4()), errors=tempfile.SpooledTemporaryFile(max_size=1 << 20))
-        self.grids: dict[str, str | None] = {}
+@dataclass
+class Parser:
+    """Rows of text to Rows ready to apply: pure (no database), so that a worker process can run it."""
 
-    async def run(self, stream: AsyncIterator[bytes], encoding: str) -> Summary:
-        async with self.pool.acquire() as conn:
-            self.grids = {
-                r["code"]: r["beat"]
-                for r in await conn.fetch("SELECT g.code, c.beat FROM grids g LEFT JOIN coverage c ON c.grid = g.code")
-            }
-        try:
-            async for chunk in rows(decoded_lines(stream, encoding, self.summary)):
-                self.summary.rows += len(chunk)
-                parsed = [r for r in (self._parse(n, raw) for n, raw in chunk) if r is not None]
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await self._apply(conn, parsed)
-                self.summary.chunks += 1
-        except UnicodeDecodeError as e:
-            if not self.summary.chunks and not self.summary.rows:
-                raise ImportError_(f"the file is not {self.summary.encoding or encoding} text: {e.reason}") from None
-            self.summary.stopped = f"stopped after row {self.summary.rows + 1}: not {self.summary.encoding} text"
-        return self.summary
+    keyring: Keyring
+    grids: dict[str, str | None]
+    now: datetime
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def _parse(self, number: int, raw: dict[str, str]) -> Row | None:
-        bad = self.summary.error
+    def bad(self, row: int, column: str, reason: str) -> None:
+        self.errors.append((row, column, reason))
+
+    def chunk(self, chunk: list[tuple[int, dict[str, str]]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
+        self.errors = []
+        return [r for r in (self.row(n, raw) for n, raw in chunk) if r is not None], self.errors
+
+    def row(self, number: int, raw: dict[str, str]) -> Row | None:
+        bad = self.bad
         address, grid = raw.get("address", ""), raw.get("grid", "")
         if not address or len(address) > 200:
             return bad(number, "address", "required (at most 200 characters)")
@@ -246,7 +240,7 @@ class Importer:
             return bad(number, "name", "required with an ID number (at most 64 characters)")
         try:
             normal = normalize_id_number(number_text)
-            id_number = self.keyring.protect("id_number", normal)
+            id_number = self.keyring.seal("id_number", normal)
             phone = self.keyring.protect("phone", raw["phone"]) if raw.get("phone") else None
         except PersonalDataError as e:
             return bad(number, e.field, e.reason)
@@ -276,6 +270,77 @@ class Importer:
             "expected_end": ends,
         }
         return row
+
+
+_worker: Parser | None = None
+
+
+def _start_worker(keys: str, grids: dict[str, str | None], now: datetime) -> None:
+    global _worker
+    _worker = Parser(keyring=Keyring.from_json(keys), grids=grids, now=now)
+
+
+def _parse_in_worker(chunk: list[tuple[int, dict[str, str]]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
+    assert _worker is not None
+    return _worker.chunk(chunk)
+
+
+class Importer:
+    """Chunk n+1 is parsed (validated, its ID numbers and phones sealed) in a worker process while chunk n is
+    applied, so that parsing and PostgreSQL work at once on two cores; a file of one chunk is parsed in place."""
+
+    def __init__(self, *, pool: asyncpg.Pool, keyring: Keyring, actor: str, now: datetime) -> None:
+        self.pool, self.keyring, self.actor, self.now = pool, keyring, actor, now
+        self.summary = Summary(import_id=str(uuid.uuid4()), errors=tempfile.SpooledTemporaryFile(max_size=1 << 20))
+        self.grids: dict[str, str | None] = {}
+
+    async def run(self, stream: AsyncIterator[bytes], encoding: str) -> Summary:
+        async with self.pool.acquire() as conn:
+            self.grids = {
+                r["code"]: r["beat"]
+                for r in await conn.fetch("SELECT g.code, c.beat FROM grids g LEFT JOIN coverage c ON c.grid = g.code")
+            }
+        parser = Parser(keyring=self.keyring, grids=self.grids, now=self.now)
+        workers: ProcessPoolExecutor | None = None
+        try:
+            parsing: asyncio.Future | None = None
+            try:
+                async for chunk in rows(decoded_lines(stream, encoding, self.summary)):
+                    self.summary.rows += len(chunk)
+                    if parsing is None:
+                        parsing = asyncio.get_running_loop().create_future()
+                        parsing.set_result(parser.chunk(chunk))
+                        continue
+                    if workers is None:
+                        workers = ProcessPoolExecutor(
+                            1,
+                            mp_context=multiprocessing.get_context("spawn"),
+                            initializer=_start_worker,
+                            initargs=(self.keyring.to_json(), self.grids, self.now),
+                        )
+                    following = asyncio.get_running_loop().run_in_executor(workers, _parse_in_worker, chunk)
+                    await self._apply_parsed(await parsing)
+                    parsing = following
+            except UnicodeDecodeError as e:
+                if not self.summary.chunks and not self.summary.rows:
+                    raise ImportError_(
+                        f"the file is not {self.summary.encoding or encoding} text: {e.reason}"
+                    ) from None
+                self.summary.stopped = f"stopped after row {self.summary.rows + 1}: not {self.summary.encoding} text"
+            if parsing is not None:  # the last chunk read (or the last before the text went wrong)
+                await self._apply_parsed(await parsing)
+        finally:
+            if workers is not None:
+                workers.shutdown(cancel_futures=True)
+        return self.summary
+
+    async def _apply_parsed(self, result: tuple[list[Row], list[tuple[int, str, str]]]) -> None:
+        parsed, errors = result
+        for number, column, reason in errors:
+            self.summary.error(number, column, reason)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._apply(conn, parsed)
+        self.summary.chunks += 1
 
     async def _apply(self, conn: asyncpg.Connection, parsed: list[Row]) -> None:
         s = self.summary
