@@ -34,6 +34,13 @@ REGISTRY_RESIDENCY_RENEWED = "registry.residency.renewed"
 REGISTRY_RESIDENCY_EXPIRED = "registry.residency.expired"
 REGISTRY_HOUSEHOLDS_IMPORTED = "registry.household.imported"
 REGISTRY_RESIDENTS_IMPORTED = "registry.resident.imported"
+REGISTRY_UNIT_REGISTERED = "registry.unit.registered"
+REGISTRY_RECORD_CORRECTED = "registry.record.corrected"
+REGISTRY_RECORD_VOIDED = "registry.record.voided"
+REGISTRY_PERSON_DIED = "registry.person.died"
+REGISTRY_PERSONS_MERGED = "registry.person.merged"
+REGISTRY_HOUSEHOLD_SPLIT = "registry.household.split"
+REGISTRY_HOUSEHOLDS_MERGED = "registry.household.merged"
 
 
 class VisitConcern(StrEnum):
@@ -487,6 +494,126 @@ class PersonalDataRead(Contract):
     read_at: datetime
 
 
+# --- units (实有单位), corrections and voids, deaths, merges and splits ----------------------------------------
+class UnitCategory(StrEnum):
+    restaurant = "restaurant"
+    internet_cafe = "internet_cafe"
+    market_stall = "market_stall"
+    shop = "shop"
+    other = "other"
+
+
+class UnitRegistered(Contract):
+    """A unit (restaurant, internet café, market stall, shop) registered at a house; its operator by keyed hash."""
+
+    unit_id: str
+    name: str
+    category: UnitCategory
+    licence_number: str | None = None
+    household_code: HouseholdCode | None = None
+    house_id: str
+    grid: AreaCode
+    beat: AreaCode
+    operator_id_hash: str | None = None
+    registered_at: datetime
+    registered_by: str
+
+
+RecordKind = Literal["visit", "residency", "letting", "tag", "unit", "person"]
+
+
+class RecordCorrected(Contract):
+    """A record entered by mistake was corrected: the fields changed, before and after (personal data as its
+    keyed hash only), so that copies elsewhere follow."""
+
+    correction_id: str
+    kind: RecordKind
+    record_id: str
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+    person_id: str | None = None
+    before: dict[str, object]
+    after: dict[str, object]
+    reason: str
+    corrected_by: str
+    corrected_at: datetime
+
+
+class RecordVoided(Contract):
+    """A record entered by mistake was voided: it no longer counts (kept in the history)."""
+
+    void_id: str
+    kind: RecordKind
+    record_id: str
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+    person_id: str | None = None
+    reason: str
+    voided_by: str
+    voided_at: datetime
+
+
+class PersonDied(Contract):
+    """A death recorded; the person's open residencies closed (each also said by resident.departed)."""
+
+    person_id: str
+    id_hash: str
+    died_on: date
+    reason: str
+    residencies_closed: list[str]
+    recorded_by: str
+    recorded_at: datetime
+
+
+class PersonsMerged(Contract):
+    """Two person records found to be one: `merged` now points to `kept`, which took its residencies and tags."""
+
+    merge_id: str
+    kept: str
+    kept_id_hash: str
+    merged: str
+    merged_id_hash: str
+    residencies: list[str]
+    tags: list[str]
+    lettings: list[str]
+    reason: str
+    merged_by: str
+    merged_at: datetime
+
+
+class HouseholdSplit(Contract):
+    """Members of a household set up their own (a grown child): a new household, their residencies moved."""
+
+    split_id: str
+    from_household: HouseholdCode
+    new_household: HouseholdCode
+    house_id: str
+    grid: AreaCode
+    beat: AreaCode
+    persons: list[str]
+    reason: str
+    split_by: str
+    split_at: datetime
+
+
+class HouseholdsMerged(Contract):
+    """Two household records found to be one: `merged` now points to `kept`, which took its residents and tags."""
+
+    merge_id: str
+    kept: HouseholdCode
+    merged: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    persons: list[str]
+    tags: list[str]
+    lettings: list[str]
+    reason: str
+    merged_by: str
+    merged_at: datetime
+
+
 # CloudEvents type -> model, for every contract this domain publishes (or the gateway publishes for it).
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.visit.submitted.v1": VisitsSubmitted,
@@ -516,5 +643,12 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.registry.tag.ended.v1": TagEnded,
     "org.jinshui.registry.household.imported.v1": HouseholdsImported,
     "org.jinshui.registry.resident.imported.v1": ResidentsImported,
+    "org.jinshui.registry.unit.registered.v1": UnitRegistered,
+    "org.jinshui.registry.record.corrected.v1": RecordCorrected,
+    "org.jinshui.registry.record.voided.v1": RecordVoided,
+    "org.jinshui.registry.person.died.v1": PersonDied,
+    "org.jinshui.registry.person.merged.v1": PersonsMerged,
+    "org.jinshui.registry.household.split.v1": HouseholdSplit,
+    "org.jinshui.registry.household.merged.v1": HouseholdsMerged,
 }
 TYPES_BY_MODEL: dict[type[Contract], str] = {model: t for t, model in TYPES.items()}

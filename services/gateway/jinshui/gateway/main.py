@@ -6,7 +6,15 @@ import httpx
 
 from jinshui.contracts import streams
 from jinshui.contracts.incidents import INCIDENTS_SUBMISSION_SETTLED
-from jinshui.gateway import api, desk_routes, incidents_routes, ops_routes, registry_routes, risk_routes
+from jinshui.gateway import (
+    api,
+    desk_routes,
+    incidents_routes,
+    ops_routes,
+    registry_routes,
+    registry_upkeep_routes,
+    risk_routes,
+)
 from jinshui.gateway.auth import verifier_from_settings
 from jinshui.gateway.door import DoorMiddleware, RateLimiter
 from jinshui.gateway.feed import AlertFeed
@@ -75,6 +83,7 @@ def build(settings: GatewaySettings | None = None) -> Service:
 
     svc.app.include_router(api.router)
     svc.app.include_router(registry_routes.router)
+    svc.app.include_router(registry_upkeep_routes.router)
     svc.app.include_router(risk_routes.router)
     svc.app.include_router(ops_routes.router)
     svc.app.include_router(incidents_routes.router)

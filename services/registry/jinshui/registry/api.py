@@ -25,6 +25,31 @@ from jinshui.registry.outbox import derived_id, emit, history
 router = APIRouter(prefix="/v1")
 
 
+def unit_view(u, *, keyring: Keyring) -> dict:
+    """A unit as it is shown: the operator's ID number and phone masked."""
+    operator = None
+    if u["operator_name"] or u["operator_id_number"] or u["operator_phone"]:
+        operator = {
+            "name": u["operator_name"],
+            "id_number": disclosure.shown(u["operator_id_number"], whole=False, keyring=keyring),
+            "phone": disclosure.shown(u["operator_phone"], whole=False, keyring=keyring),
+        }
+    return {
+        "unit_id": u["id"],
+        "name": u["name"],
+        "category": u["category"],
+        "licence_number": u["licence_number"],
+        "household_code": u["household_code"],
+        "house_id": u["house_id"],
+        "address": u["address"],
+        "grid": u["grid"],
+        "beat": u["beat"],
+        "operator": operator,
+        "registered_at": u["registered_at"],
+        "registered_by": u["registered_by"],
+    }
+
+
 def get_keyring(request: Request) -> Keyring:
     return request.app.state.keyring
 
@@ -74,65 +99,70 @@ async def _grid_and_beat(conn: asyncpg.Connection, body: RegisterHousehold) -> s
     return row["beat"]
 
 
+async def new_household(conn, body: RegisterHousehold, *, code: str, actor: str, now: datetime) -> Household:
+    """Register a household (and its house, when the address is new) with its event and first version."""
+    beat = await _grid_and_beat(conn, body)
+    address = body.address.strip()
+    house_id = derived_id("house", address)
+    await conn.execute(
+        """INSERT INTO houses (id, address, building, unit, floor, room, use, grid, registered_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (address) DO NOTHING""",
+        house_id,
+        address,
+        body.building,
+        body.unit,
+        body.floor,
+        body.room,
+        body.house_use.value if body.house_use else None,
+        body.grid,
+        now,
+    )
+    await conn.execute(
+        """INSERT INTO households (code, address, grid, beat, registered_at, registered_by, house_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        code,
+        address,
+        body.grid,
+        beat,
+        now,
+        actor,
+        house_id,
+    )
+    data = HouseholdRegistered(
+        code=code,
+        address=address,
+        grid=body.grid,
+        beat=beat,
+        registered_at=now,
+        house_id=house_id,
+        house_use=body.house_use,
+    )
+    await emit(conn, data, id=derived_id("household.registered", code), key=code, time=now)
+    await history(
+        conn,
+        household_code=code,
+        entity="household",
+        entity_id=code,
+        action="registered",
+        actor=actor,
+        at=now,
+        data=data.model_dump(mode="json"),
+    )
+    return Household(code=code, address=address, grid=body.grid, beat=beat, house_id=house_id)
+
+
 @router.post("/households", status_code=201, response_model=Household)
 async def register_household(body: RegisterHousehold, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
     now = svc.clock.now()
-    address = body.address.strip()
     for attempt in range(5):
         code = body.code or codes.new_code()
         try:
             async with pool.acquire() as conn, conn.transaction():
-                beat = await _grid_and_beat(conn, body)
-                house_id = derived_id("house", address)
-                await conn.execute(
-                    """INSERT INTO houses (id, address, building, unit, floor, room, use, grid, registered_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (address) DO NOTHING""",
-                    house_id,
-                    address,
-                    body.building,
-                    body.unit,
-                    body.floor,
-                    body.room,
-                    body.house_use.value if body.house_use else None,
-                    body.grid,
-                    now,
-                )
-                await conn.execute(
-                    """INSERT INTO households (code, address, grid, beat, registered_at, registered_by, house_id)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-                    code,
-                    address,
-                    body.grid,
-                    beat,
-                    now,
-                    caller.sub,
-                    house_id,
-                )
-                data = HouseholdRegistered(
-                    code=code,
-                    address=address,
-                    grid=body.grid,
-                    beat=beat,
-                    registered_at=now,
-                    house_id=house_id,
-                    house_use=body.house_use,
-                )
-                await emit(conn, data, id=derived_id("household.registered", code), key=code, time=now)
-                await history(
-                    conn,
-                    household_code=code,
-                    entity="household",
-                    entity_id=code,
-                    action="registered",
-                    actor=caller.sub,
-                    at=now,
-                    data=data.model_dump(mode="json"),
-                )
+                return await new_household(conn, body, code=code, actor=caller.sub, now=now)
         except asyncpg.UniqueViolationError as e:
             if body.code or attempt == 4:
                 raise Problem(409, f"household code {code} is already registered", type="duplicate") from e
-            continue
-        return Household(code=code, address=address, grid=body.grid, beat=beat, house_id=house_id)
+    raise AssertionError("unreachable")
 
 
 async def _find_household(conn, code: str, caller=None) -> asyncpg.Record:
@@ -160,6 +190,7 @@ async def household_card(
         residents = await views.residents(conn, row["code"])
         visits = await views.last_visits(conn, row["code"])
         lettings = await views.lettings(conn, row["code"])
+        units = await views.units(conn, house_id=row["house_id"], household_code=row["code"])
         tagged = await tags.of_household(conn, row["code"], sensitive=tags.sees_sensitive(caller))
     by_person: dict[str, list] = {}
     for t in tagged:
@@ -202,7 +233,9 @@ async def household_card(
         ],
         "tags": by_person.get("", []),
         "lettings": lettings,
+        "units": [unit_view(u, keyring=keyring) for u in units],
         "visits": visits,
+        "merged_into": row["merged_into"],
         "personal_data": "whole" if whole else "masked",
     }
 
@@ -314,6 +347,8 @@ async def person(
         "phone": disclosure.shown(row["phone"], whole=whole, keyring=keyring),
         "birth_date": row["birth_date"],
         "sex": row["sex"],
+        "died_on": row["died_on"],
+        "merged_into": row["merged_into"],
         "residencies": [dict(s) for s in stays],
         "tags": tagged,
         "personal_data": "whole" if whole else "masked",

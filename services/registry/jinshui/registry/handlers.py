@@ -71,7 +71,9 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
     codes = sorted({r.household_code for r in batch.records})
     households = {
         r["code"]: r
-        for r in await conn.fetch("SELECT code, grid, beat FROM households WHERE code = ANY($1::text[])", codes)
+        for r in await conn.fetch(
+            "SELECT code, grid, beat, merged_into FROM households WHERE code = ANY($1::text[])", codes
+        )
     }
     latest_allowed = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
     outcomes: list[RecordOutcome] = []
@@ -80,6 +82,10 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
         household = households.get(record.household_code)
         if household is None:
             reason = f"household {record.household_code} is not registered"
+            outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.rejected, reason=reason))
+            continue
+        if household["merged_into"] is not None:
+            reason = f"household {record.household_code} was merged into {household['merged_into']}: visit that one"
             outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.rejected, reason=reason))
             continue
         if record.visited_at > latest_allowed:
@@ -162,7 +168,7 @@ async def _per_record(conn: asyncpg.Connection, submission_id: str, records: lis
 
 
 async def _household(conn, code: str) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT code, grid, beat, house_id FROM households WHERE code = $1", code)
+    row = await conn.fetchrow("SELECT code, grid, beat, house_id, merged_into FROM households WHERE code = $1", code)
     if row is None:
         raise Rejected(f"household {code} is not registered")
     return row
@@ -170,6 +176,11 @@ async def _household(conn, code: str) -> asyncpg.Record:
 
 def _person_id(ref: PersonRef) -> str:
     return ref.person_id or derived_id("person", ref.id_number.hash)  # type: ignore[union-attr]
+
+
+async def follow(conn, person_id: str) -> str:
+    """The record that stands for this person: a merged record stands for the one it was merged into."""
+    return await conn.fetchval("SELECT coalesce(merged_into, id) FROM persons WHERE id = $1", person_id) or person_id
 
 
 def _not_future(at: datetime, what: str, latest: datetime) -> None:
@@ -184,6 +195,13 @@ class Residencies:
         self.batch, self.at = batch, event_.time
         self.sid, self.actor = batch.submission_id, batch.submitter.sub
         self.latest = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
+
+    @classmethod
+    def direct(cls, *, actor: str, at: datetime, sid: str) -> Residencies:
+        """For a command a person waits for (a death, a split, a merge): `sid` names the command."""
+        self = cls.__new__(cls)
+        self.batch, self.at, self.sid, self.actor, self.latest = None, at, sid, actor, at + FUTURE_TOLERANCE
+        return self
 
     async def arrive(self, conn, record: ArrivalRecord, index: int) -> str:
         _not_future(record.arrived_at, "arrived_at", self.latest)
@@ -210,13 +228,16 @@ class Residencies:
             p.sex,
             self.at,
         )
+        id_hash = p.id_number.hash
+        if (kept := await follow(conn, person_id)) != person_id:
+            person_id, id_hash = kept, await conn.fetchval("SELECT id_hash FROM persons WHERE id = $1", kept)
         residency_id = derived_id("residency", self.sid, str(index))
         await self._open(
             conn,
             household,
             residency_id=residency_id,
             person_id=person_id,
-            id_hash=p.id_number.hash,
+            id_hash=id_hash,
             kind=record.kind,
             arrived_at=record.arrived_at,
             expected_end=record.expected_end,
@@ -227,9 +248,8 @@ class Residencies:
     async def depart(self, conn, record: DepartureRecord, index: int) -> str:
         _not_future(record.departed_at, "departed_at", self.latest)
         household = await _household(conn, record.household_code)
-        stay = await self._close(
-            conn, household, _person_id(record.person), record.departed_at, record.reason or "departed", index
-        )
+        person_id = await follow(conn, _person_id(record.person))
+        stay = await self._close(conn, household, person_id, record.departed_at, record.reason or "departed", index)
         return stay["id"]
 
     async def move(self, conn, record: MoveRecord, index: int) -> str:
@@ -239,9 +259,8 @@ class Residencies:
         there = await _household(conn, record.from_household)
         here = await _household(conn, record.to_household)
         move_id = derived_id("move", self.sid, str(index))
-        stay = await self._close(
-            conn, there, _person_id(record.person), record.moved_at, f"moved to {here['code']}", index, move_id
-        )
+        person_id = await follow(conn, _person_id(record.person))
+        stay = await self._close(conn, there, person_id, record.moved_at, f"moved to {here['code']}", index, move_id)
         residency_id = derived_id("residency", self.sid, str(index))
         await self._open(
             conn,
@@ -259,7 +278,7 @@ class Residencies:
 
     async def renew(self, conn, record: RenewalRecord, index: int) -> str:
         household = await _household(conn, record.household_code)
-        person_id = _person_id(record.person)
+        person_id = await follow(conn, _person_id(record.person))
         stay = await conn.fetchrow(
             """SELECT r.id, r.arrived_at, r.expected_end, p.id_hash FROM residencies r
                JOIN persons p ON p.id = r.person_id
@@ -308,6 +327,11 @@ class Residencies:
     async def _open(
         self, conn, household, *, residency_id, person_id, id_hash, kind, arrived_at, expected_end, index, move_id=None
     ):
+        if household["merged_into"] is not None:
+            raise Rejected(f"household {household['code']} was merged into {household['merged_into']}")
+        died_on = await conn.fetchval("SELECT died_on FROM persons WHERE id = $1", person_id)
+        if died_on is not None:
+            raise Rejected(f"the person's death was recorded ({died_on.isoformat()})")
         current = await conn.fetchrow(
             "SELECT household_code, arrived_at FROM residencies WHERE person_id = $1 AND departed_at IS NULL",
             person_id,
@@ -371,7 +395,8 @@ class Residencies:
         )
         if stay is None:
             last = await conn.fetchval(
-                """SELECT max(departed_at) FROM residencies WHERE person_id = $1 AND household_code = $2""",
+                """SELECT max(departed_at) FROM residencies
+                   WHERE person_id = $1 AND household_code = $2 AND voided_at IS NULL""",
                 person_id,
                 household["code"],
             )
@@ -494,7 +519,7 @@ class Lettings:
         household = await _household(conn, record.household_code)
         tenants = []
         for i, ref in enumerate(record.tenants):
-            person_id = _person_id(ref)
+            person_id = await follow(conn, _person_id(ref))
             if not await conn.fetchval("SELECT 1 FROM persons WHERE id = $1", person_id):
                 raise Rejected(f"tenants[{i}] is not a registered person: register their arrival first")
             tenants.append(person_id)

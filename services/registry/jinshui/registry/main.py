@@ -9,7 +9,7 @@ from jinshui.contracts import registry as contracts
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.registry import api, areas, handlers, tags
+from jinshui.registry import api, areas, handlers, tags, units, upkeep
 from jinshui.registry.settings import RegistrySettings
 
 INTAKE_HANDLERS = {
@@ -65,4 +65,6 @@ def build(settings: RegistrySettings | None = None) -> Service:
     svc.timer(tags.UNTIL, tags.until_passed)
     svc.app.include_router(areas.router)
     svc.app.include_router(api.router)
+    svc.app.include_router(units.router)
+    svc.app.include_router(upkeep.router)
     return svc

@@ -37,6 +37,13 @@ SUBJECT_OF: dict[type[Contract], str] = {
     contracts.TagEnded: contracts.REGISTRY_TAG_ENDED,
     contracts.HouseholdsImported: contracts.REGISTRY_HOUSEHOLDS_IMPORTED,
     contracts.ResidentsImported: contracts.REGISTRY_RESIDENTS_IMPORTED,
+    contracts.UnitRegistered: contracts.REGISTRY_UNIT_REGISTERED,
+    contracts.RecordCorrected: contracts.REGISTRY_RECORD_CORRECTED,
+    contracts.RecordVoided: contracts.REGISTRY_RECORD_VOIDED,
+    contracts.PersonDied: contracts.REGISTRY_PERSON_DIED,
+    contracts.PersonsMerged: contracts.REGISTRY_PERSONS_MERGED,
+    contracts.HouseholdSplit: contracts.REGISTRY_HOUSEHOLD_SPLIT,
+    contracts.HouseholdsMerged: contracts.REGISTRY_HOUSEHOLDS_MERGED,
 }
 
 

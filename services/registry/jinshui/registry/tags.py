@@ -16,7 +16,7 @@ from jinshui.contracts.registry import TagEnd, TagEnded, TagEndsSubmitted, TagRe
 from jinshui.kit import timers
 from jinshui.kit.timers import Timer
 from jinshui.kit.tokens import Identity
-from jinshui.registry.handlers import Rejected, _batch, _household, _per_record, _person_id
+from jinshui.registry.handlers import Rejected, _batch, _household, _per_record, _person_id, follow
 from jinshui.registry.outbox import derived_id, emit, history
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -44,7 +44,7 @@ class Tags:
             raise Rejected(f"unknown tag {record.tag} (GET /v1/tag-kinds lists them)")
         person_id = id_hash = None
         if record.person is not None:
-            person_id = _person_id(record.person)
+            person_id = await follow(conn, _person_id(record.person))
             stay = await conn.fetchrow(
                 """SELECT r.household_code, p.id_hash FROM persons p
                    LEFT JOIN residencies r ON r.person_id = p.id AND r.departed_at IS NULL WHERE p.id = $1""",
@@ -223,7 +223,8 @@ async def of_person(conn, person_id: str, *, sensitive: bool) -> list[dict]:
         """SELECT t.id AS tag_id, t.tag, k.label, k.sensitive, t.household_code, t.since, t.until, t.reason,
                   t.set_by, t.ended_on, t.end_reason
            FROM tags t JOIN tag_kinds k ON k.code = t.tag
-           WHERE t.person_id = $1 AND ($2 OR NOT k.sensitive) ORDER BY t.since DESC, t.tag""",
+           WHERE t.person_id = $1 AND ($2 OR NOT k.sensitive) AND t.voided_at IS NULL
+           ORDER BY t.since DESC, t.tag""",
         person_id,
         sensitive,
     )

@@ -15,7 +15,7 @@ def _like_prefix(text: str) -> str:
 
 async def household(conn: asyncpg.Connection | asyncpg.Pool, code: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        """SELECT h.code, h.address, h.grid, h.beat, h.registered_at, h.house_id,
+        """SELECT h.code, h.address, h.grid, h.beat, h.registered_at, h.house_id, h.merged_into,
                   s.use AS house_use, s.building, s.unit, s.floor, s.room
            FROM households h LEFT JOIN houses s ON s.id = h.house_id WHERE h.code = $1""",
         code,
@@ -35,7 +35,7 @@ async def residents(conn, code: str) -> list[asyncpg.Record]:
 async def last_visits(conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT id AS visit_id, grid_worker, visited_at, concerns, people_present, follow_up_requested
-           FROM visits WHERE household_code = $1 ORDER BY visited_at DESC LIMIT $2""",
+           FROM visits WHERE household_code = $1 AND voided_at IS NULL ORDER BY visited_at DESC LIMIT $2""",
         code,
         LAST_VISITS,
     )
@@ -48,7 +48,7 @@ async def lettings(conn, code: str) -> list[dict[str, Any]]:
                   coalesce(array_agg(t.person_id ORDER BY t.person_id) FILTER (WHERE t.person_id IS NOT NULL), '{}')
                       AS tenants
            FROM lettings l LEFT JOIN letting_tenants t ON t.letting_id = l.id
-           WHERE l.household_code = $1 GROUP BY l.id ORDER BY l.starts_on DESC""",
+           WHERE l.household_code = $1 AND l.voided_at IS NULL GROUP BY l.id ORDER BY l.starts_on DESC""",
         code,
     )
     return [dict(r) for r in rows]
@@ -57,7 +57,9 @@ async def lettings(conn, code: str) -> list[dict[str, Any]]:
 async def history(conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT seq AS version, entity, entity_id, action, data, actor, submission_id, at
-           FROM history WHERE household_code = $1 ORDER BY seq""",
+           FROM history WHERE household_code = $1
+              OR household_code IN (SELECT code FROM households WHERE merged_into = $1)
+           ORDER BY seq""",
         code,
     )
     return [dict(r) for r in rows]
@@ -103,7 +105,9 @@ async def search_persons(
 
 async def person(conn, person_id: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
     row = await conn.fetchrow(
-        "SELECT id AS person_id, name, id_number, phone, birth_date, sex FROM persons WHERE id = $1", person_id
+        """SELECT id AS person_id, name, id_number, phone, birth_date, sex, died_on, death_reason, merged_into
+           FROM persons WHERE id = $1""",
+        person_id,
     )
     if row is None:
         return None, []
@@ -111,7 +115,7 @@ async def person(conn, person_id: str) -> tuple[asyncpg.Record | None, list[asyn
         """SELECT r.id AS residency_id, r.household_code, h.address, h.grid, h.beat, r.kind, r.arrived_at,
                   r.expected_end, r.expired_at, r.departed_at, r.departure_reason
            FROM residencies r JOIN households h ON h.code = r.household_code
-           WHERE r.person_id = $1 ORDER BY r.arrived_at DESC""",
+           WHERE r.person_id = $1 AND r.voided_at IS NULL ORDER BY r.arrived_at DESC""",
         person_id,
     )
     return row, stays
@@ -138,13 +142,29 @@ async def coverage(conn, *, grids: list[str], start, end) -> list[asyncpg.Record
     """Every household of `grids` registered before `end`, whether it was visited in [start, end)."""
     return await conn.fetch(
         """SELECT h.code, h.address, h.grid,
-                  EXISTS (SELECT 1 FROM visits v WHERE v.household_code = h.code
+                  EXISTS (SELECT 1 FROM visits v WHERE v.household_code = h.code AND v.voided_at IS NULL
                           AND v.visited_at >= $2 AND v.visited_at < $3) AS visited,
-                  (SELECT max(visited_at) FROM visits v WHERE v.household_code = h.code AND v.visited_at < $3)
-                      AS last_visited_at
-           FROM households h WHERE h.grid = ANY($1::text[]) AND h.registered_at < $3
+                  (SELECT max(visited_at) FROM visits v
+                   WHERE v.household_code = h.code AND v.voided_at IS NULL AND v.visited_at < $3) AS last_visited_at
+           FROM households h WHERE h.grid = ANY($1::text[]) AND h.registered_at < $3 AND h.merged_into IS NULL
            ORDER BY h.grid, h.address, h.code""",
         grids,
         start,
         end,
+    )
+
+
+async def units(conn, *, house_id: str | None = None, household_code: str | None = None, grids=None, beats=None):
+    """Units not voided: at a house (or registered with a household), or in grids / beats; newest last."""
+    where, args = ["u.voided_at IS NULL"], []
+    if house_id is not None or household_code is not None:
+        args.extend([house_id, household_code])
+        where.append(f"(u.house_id = ${len(args) - 1} OR u.household_code = ${len(args)})")
+    if grids is not None:
+        args.extend([list(grids), list(beats or ())])
+        where.append(f"(u.grid = ANY(${len(args) - 1}::text[]) OR u.beat = ANY(${len(args)}::text[]))")
+    return await conn.fetch(
+        f"""SELECT u.*, s.address FROM units u JOIN houses s ON s.id = u.house_id
+            WHERE {" AND ".join(where)} ORDER BY u.registered_at, u.id LIMIT 1000""",
+        *args,
     )
