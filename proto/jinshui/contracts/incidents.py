@@ -12,11 +12,18 @@ from jinshui.contracts.base import MAX_BATCH, AreaCode, Contract, HouseholdCode,
 
 __all__ = [
     "DeadlineFired",
+    "ExtensionDecided",
+    "ExtensionRequested",
+    "FollowUpRecorded",
     "GridReportRecord",
     "HazardCategory",
+    "HazardInspected",
     "IncidentOpened",
+    "IncidentPaused",
+    "IncidentResumed",
     "IncidentStatus",
     "IncidentTransitioned",
+    "InspectionResult",
     "MatchReason",
     "MediationMethod",
     "MediationOutcome",
@@ -26,6 +33,8 @@ __all__ = [
     "PoliceCallsSubmitted",
     "PoliceCategory",
     "ProtectedValue",
+    "RectificationDeadlineSet",
+    "RectificationOverdue",
     "ReportKind",
     "ReportsSubmitted",
     "SatisfactionRecorded",
@@ -41,6 +50,7 @@ INTAKE_REPORTS = "intake.report.submitted"
 INCIDENTS_SUBMISSION_SETTLED = "incidents.submission.settled"
 INCIDENTS_INCIDENT = "incidents.incident"  # + .<verb>.<incident id>
 INCIDENTS_DEADLINE = "incidents.deadline"  # + .<stage>.<incident id>
+INCIDENTS_HAZARD = "incidents.hazard"  # + .<verb>.<incident id>
 
 Text = Annotated[str, StringConstraints(max_length=4000)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -167,6 +177,8 @@ class GridReportRecord(Contract):
     photos: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] = Field(
         default_factory=list, max_length=20
     )
+    # A hazard's deadline for rectification (整改期限), when the reporter sets one; else the category's default.
+    rectification_deadline: datetime | None = None
 
 
 class PoliceCallsSubmitted(Contract):
@@ -297,6 +309,125 @@ class DeadlineFired(Contract):
     beat: AreaCode | None = None
 
 
+class InspectionResult(StrEnum):
+    rectified = "rectified"
+    not_rectified = "not_rectified"
+
+
+class RectificationDeadlineSet(Contract):
+    """A hazard's deadline for rectification (整改期限) was set: at report time, by a handler, or after a
+    re-inspection found it not rectified."""
+
+    incident_id: str
+    hazard_category: str
+    deadline: datetime
+    previous: datetime | None = None
+    by: str
+    reason: str
+    at: datetime
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class HazardInspected(Contract):
+    """A re-inspection (复查) of a hazard: rectified, or not (perhaps with a new deadline)."""
+
+    incident_id: str
+    inspection_id: str
+    result: InspectionResult
+    note: str = ""
+    inspected_at: datetime
+    new_deadline: datetime | None = None
+    by: str
+    role: str
+    at: datetime
+    hazard_category: str | None = None
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class RectificationOverdue(Contract):
+    """A hazard's rectification deadline passed with no re-inspection finding it rectified."""
+
+    incident_id: str
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+    hazard_category: str
+    deadline: datetime
+    status: IncidentStatus
+
+
+class IncidentPaused(Contract):
+    """The incident's clocks stopped while waiting on a party (e.g. a party away, an expert opinion)."""
+
+    incident_id: str
+    waiting_on: str
+    reason: str
+    by: str
+    at: datetime
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class IncidentResumed(Contract):
+    """The incident's clocks run again; every pending deadline moved by the time paused."""
+
+    incident_id: str
+    paused_seconds: float
+    reason: str
+    by: str
+    at: datetime
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class ExtensionRequested(Contract):
+    """More time to resolve asked for (申请延期), with the reason."""
+
+    incident_id: str
+    extension_id: str
+    days: int
+    reason: str
+    by: str
+    at: datetime
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class ExtensionDecided(Contract):
+    """An extension approved (the time to resolve moved) or refused."""
+
+    incident_id: str
+    extension_id: str
+    decision: Literal["approved", "refused"]
+    reason: str
+    resolve_due_before: datetime | None = None
+    resolve_due_after: datetime | None = None
+    by: str
+    at: datetime
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
+class FollowUpRecorded(Contract):
+    """A follow-up visit after closing (事后消解): is the matter still settled?"""
+
+    incident_id: str
+    follow_up_id: str
+    visited_by: str
+    visited_at: datetime
+    note: str = ""
+    still_settled: bool
+    by: str
+    at: datetime
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
 # CloudEvents type -> model, for every contract this domain publishes (or the gateway publishes for it).
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.police_call.submitted.v1": PoliceCallsSubmitted,
@@ -310,4 +441,12 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.incidents.incident.satisfaction_recorded.v1": SatisfactionRecorded,
     "org.jinshui.incidents.deadline.due_soon.v1": DeadlineFired,
     "org.jinshui.incidents.deadline.overdue.v1": DeadlineFired,
+    "org.jinshui.incidents.hazard.deadline_set.v1": RectificationDeadlineSet,
+    "org.jinshui.incidents.hazard.inspected.v1": HazardInspected,
+    "org.jinshui.incidents.hazard.rectification_overdue.v1": RectificationOverdue,
+    "org.jinshui.incidents.incident.paused.v1": IncidentPaused,
+    "org.jinshui.incidents.incident.resumed.v1": IncidentResumed,
+    "org.jinshui.incidents.incident.extension_requested.v1": ExtensionRequested,
+    "org.jinshui.incidents.incident.extension_decided.v1": ExtensionDecided,
+    "org.jinshui.incidents.incident.follow_up_recorded.v1": FollowUpRecorded,
 }

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from jinshui.contracts.base import MAX_BATCH, HouseholdCode
 from jinshui.contracts.incidents import (
+    FollowUpRecorded,
     GridReportRecord,
     HazardCategory,
+    HazardInspected,
+    IncidentStatus,
+    InspectionResult,
     PersonMention,
     PoliceCallRecord,
     PoliceCallsSubmitted,
@@ -78,6 +84,19 @@ class ReportIn(_Located):
     photos: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] = Field(
         default_factory=list, max_length=20
     )
+    rectification_deadline: datetime | None = Field(
+        default=None, description="A hazard's deadline for rectification; else the hazard category's default."
+    )
+
+    @model_validator(mode="after")
+    def _deadline_for_hazards(self) -> ReportIn:
+        if self.rectification_deadline is None:
+            return self
+        if self.kind != ReportKind.hazard:
+            raise ValueError("rectification_deadline is for hazard reports only")
+        if self.rectification_deadline <= self.reported_at:
+            raise ValueError("rectification_deadline must be later than reported_at")
+        return self
 
 
 class PoliceCallBatch(_In):
@@ -176,3 +195,155 @@ FORWARDED = (
 )
 for _method, _path in FORWARDED:
     router.add_api_route(_path.removeprefix("/v1"), _to_incidents(_method, _path), methods=[_method])
+
+
+# --- hazards, clocks and follow-ups: validated at the door, then forwarded --------------------------------------
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class IncidentOut(BaseModel):
+    """An incident with its sources, timeline, mediation record, hazard, deadlines and follow-ups."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: IncidentStatus
+    category: str
+    kind: str
+    hazard: dict[str, Any] | None = None
+    paused: dict[str, Any] | None = None
+    timeline: list[dict[str, Any]]
+    deadlines: list[dict[str, Any]]
+    follow_ups: list[dict[str, Any]]
+
+
+class ExtensionOut(BaseModel):
+    """An extension of the time to resolve, asked for and (once decided) approved or refused."""
+
+    id: str
+    incident_id: str
+    days: int
+    reason: str
+    status: Literal["requested", "approved", "refused"]
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    resolve_due_before: datetime | None = None
+    resolve_due_after: datetime | None = None
+
+
+class RectificationDeadlineIn(_In):
+    deadline: datetime | None = None
+    days: int | None = Field(default=None, ge=1, le=365, description="Working days from now")
+    hazard_category: HazardCategory | None = None
+    reason: Reason
+
+
+class InspectionIn(_In):
+    result: InspectionResult
+    note: str = Field(default="", max_length=4000)
+    inspected_at: datetime | None = None
+    new_deadline: datetime | None = None
+    new_deadline_days: int | None = Field(default=None, ge=1, le=365, description="Working days from now")
+
+
+class PauseIn(_In):
+    waiting_on: str = Field(min_length=1, max_length=200)
+    reason: Reason
+
+
+class ResumeIn(_In):
+    reason: Reason
+
+
+class ExtensionIn(_In):
+    days: int = Field(ge=1, le=60)
+    reason: Reason
+
+
+class ExtensionDecisionIn(_In):
+    decision: Literal["approved", "refused"]
+    reason: Reason
+
+
+class FollowUpIn(_In):
+    visited_at: datetime
+    visited_by: str | None = Field(default=None, min_length=1, max_length=100)
+    note: str = Field(default="", max_length=4000)
+    still_settled: bool
+    reopen: bool = Field(default=False, description="Reopen the incident (only when not still settled)")
+
+
+def _command(path: str, body_model: type[BaseModel], *, summary: str, description: str, **route):
+    """A command forwarded to incidents, its body validated (and documented) at the door."""
+
+    async def endpoint(request: Request, svc: ServiceDep, caller: Identity, **_):
+        return await forward(request, svc, caller, svc.settings.incidents_url, request.url.path)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(name, keyword, annotation=str) for name in re.findall(r"{(\w+)}", path)] + [
+        inspect.Parameter("body", keyword, annotation=body_model),
+        inspect.Parameter("request", keyword, annotation=Request),
+        inspect.Parameter("svc", keyword, annotation=ServiceDep),
+        inspect.Parameter("caller", keyword, annotation=Identity, default=allowed("POST", path)),
+    ]
+    endpoint.__signature__ = inspect.Signature(params)
+    endpoint.__name__ = "post_" + re.sub(r"[^a-z0-9]+", "_", path.removeprefix("/v1/")).strip("_")
+    router.add_api_route(
+        path.removeprefix("/v1"), endpoint, methods=["POST"], summary=summary, description=description, **route
+    )
+
+
+_command(
+    "/v1/incidents/{incident_id}/rectification-deadline",
+    RectificationDeadlineIn,
+    summary="Set a hazard's rectification deadline (整改期限)",
+    description="A date, or working days from now, or the hazard category's default; a reason is required.",
+    response_model=IncidentOut,
+)
+_command(
+    "/v1/incidents/{incident_id}/inspections",
+    InspectionIn,
+    summary="Record a hazard's re-inspection (复查)",
+    description="`rectified` lets the incident be resolved; `not_rectified` may set a new deadline.",
+    response_model=HazardInspected,
+    status_code=201,
+)
+_command(
+    "/v1/incidents/{incident_id}/pause",
+    PauseIn,
+    summary="Pause an incident's clocks",
+    description="While waiting on a party: no deadline runs until it is resumed.",
+    response_model=IncidentOut,
+)
+_command(
+    "/v1/incidents/{incident_id}/resume",
+    ResumeIn,
+    summary="Resume an incident's clocks",
+    description="Every pending deadline moves on by the time paused.",
+    response_model=IncidentOut,
+)
+_command(
+    "/v1/incidents/{incident_id}/extensions",
+    ExtensionIn,
+    summary="Ask for more time to resolve (申请延期)",
+    description="Days and a reason; one request waits for a decision at a time.",
+    response_model=ExtensionOut,
+    status_code=201,
+)
+_command(
+    "/v1/incidents/{incident_id}/extensions/{extension_id}/decision",
+    ExtensionDecisionIn,
+    summary="Approve or refuse an extension",
+    description="Approved moves the time to resolve and its timers; a decision is made once.",
+    response_model=ExtensionOut,
+)
+_command(
+    "/v1/incidents/{incident_id}/follow-ups",
+    FollowUpIn,
+    summary="Record a follow-up visit after closing (事后消解)",
+    description="Is it still settled? One that is not may reopen the incident.",
+    response_model=FollowUpRecorded,
+    status_code=201,
+)

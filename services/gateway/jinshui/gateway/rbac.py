@@ -32,6 +32,13 @@ INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/incidents/{incident_id}/sources/{source_id}/unlink"): ("mediator", "police", "community_admin"),
     ("GET", "/v1/sources/unresolved"): ("mediator", "police", "community_admin"),
     ("GET", "/v1/stats/incidents"): ("police", "mediator", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/rectification-deadline"): ("grid_worker", "police", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/inspections"): ("grid_worker", "police", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/pause"): ("police", "mediator", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/resume"): ("police", "mediator", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/extensions"): INCIDENT_HANDLERS,
+    ("POST", "/v1/incidents/{incident_id}/extensions/{extension_id}/decision"): ("community_admin", "police"),
+    ("POST", "/v1/incidents/{incident_id}/follow-ups"): INCIDENT_HANDLERS,
 }
 
 ROLES: dict[tuple[str, str], tuple[str, ...]] = {

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from jinshui.contracts.incidents import IncidentStatus, MediationMethod, MediationOutcome
-from jinshui.incidents import lifecycle, views
+from jinshui.contracts.incidents import (
+    HazardCategory,
+    IncidentStatus,
+    InspectionResult,
+    MediationMethod,
+    MediationOutcome,
+)
+from jinshui.incidents import clocks, hazards, lifecycle, views
 from jinshui.kit import scope
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.problems import Problem
@@ -51,6 +57,48 @@ class Link(Body):
 
 class Unlink(Body):
     reason: Reason
+
+
+class RectificationDeadline(Body):
+    deadline: datetime | None = None
+    days: int | None = Field(default=None, ge=1, le=365)
+    hazard_category: HazardCategory | None = None
+    reason: Reason
+
+
+class Inspection(Body):
+    result: InspectionResult
+    note: str = Field(default="", max_length=4000)
+    inspected_at: datetime | None = None
+    new_deadline: datetime | None = None
+    new_deadline_days: int | None = Field(default=None, ge=1, le=365)
+
+
+class Pause(Body):
+    waiting_on: str = Field(min_length=1, max_length=200)
+    reason: Reason
+
+
+class Resume(Body):
+    reason: Reason
+
+
+class ExtensionAsked(Body):
+    days: int = Field(ge=1, le=60)
+    reason: Reason
+
+
+class ExtensionDecision(Body):
+    decision: Literal["approved", "refused"]
+    reason: Reason
+
+
+class FollowUp(Body):
+    visited_at: datetime
+    visited_by: str | None = Field(default=None, min_length=1, max_length=100)
+    note: str = Field(default="", max_length=4000)
+    still_settled: bool
+    reopen: bool = False
 
 
 def _command_id() -> str:
@@ -194,6 +242,149 @@ async def unlink_source(
             command_id=_command_id(),
         )
     return {"incident": await views.incident(pool, incident_id), "new_incident_id": new_id}
+
+
+async def _locked(conn, incident_id: str, pool, caller):
+    await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
+    return await lifecycle.locked_incident(conn, incident_id)
+
+
+@router.post("/incidents/{incident_id}/rectification-deadline")
+async def rectification_deadline(
+    incident_id: str, body: RectificationDeadline, pool: PoolDep, caller: CallerDep, svc: ServiceDep
+):
+    if body.deadline is not None and body.days is not None:
+        raise Problem(
+            422, "give a deadline or days, not both", errors=[{"field": "body.days", "reason": "with deadline"}]
+        )
+    at, command_id = svc.clock.now(), _command_id()
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        row = await clocks.running(
+            conn, row=row, why="a new rectification deadline", by=caller.sub, at=at, command_id=command_id
+        )
+        await hazards.set_deadline_by_hand(
+            conn,
+            row=row,
+            deadline=body.deadline,
+            days=body.days,
+            hazard_category=body.hazard_category.value if body.hazard_category else None,
+            reason=body.reason,
+            caller=caller,
+            at=at,
+            command_id=command_id,
+        )
+    return await views.incident(pool, incident_id)
+
+
+@router.post("/incidents/{incident_id}/inspections", status_code=201)
+async def inspect(incident_id: str, body: Inspection, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    if body.new_deadline is not None and body.new_deadline_days is not None:
+        raise Problem(
+            422,
+            "give a new deadline or days, not both",
+            errors=[{"field": "body.new_deadline_days", "reason": "with new_deadline"}],
+        )
+    at, command_id = svc.clock.now(), _command_id()
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        row = await clocks.running(conn, row=row, why="a re-inspection", by=caller.sub, at=at, command_id=command_id)
+        return await hazards.inspect(
+            conn,
+            row=row,
+            result=body.result,
+            note=body.note,
+            inspected_at=body.inspected_at or at,
+            new_deadline=body.new_deadline,
+            new_deadline_days=body.new_deadline_days,
+            caller=caller,
+            at=at,
+            command_id=command_id,
+        )
+
+
+@router.post("/incidents/{incident_id}/pause")
+async def pause(incident_id: str, body: Pause, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        await clocks.pause(
+            conn,
+            row=row,
+            waiting_on=body.waiting_on,
+            reason=body.reason,
+            caller=caller,
+            at=svc.clock.now(),
+            command_id=_command_id(),
+        )
+    return await views.incident(pool, incident_id)
+
+
+@router.post("/incidents/{incident_id}/resume")
+async def resume(incident_id: str, body: Resume, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        await clocks.resume(
+            conn, row=row, reason=body.reason, by=caller.sub, at=svc.clock.now(), event_id=_command_id()
+        )
+    return await views.incident(pool, incident_id)
+
+
+@router.post("/incidents/{incident_id}/extensions", status_code=201)
+async def ask_extension(incident_id: str, body: ExtensionAsked, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        return await clocks.request_extension(
+            conn,
+            row=row,
+            days=body.days,
+            reason=body.reason,
+            caller=caller,
+            at=svc.clock.now(),
+            command_id=_command_id(),
+        )
+
+
+@router.post("/incidents/{incident_id}/extensions/{extension_id}/decision")
+async def decide_extension(
+    incident_id: str, extension_id: str, body: ExtensionDecision, pool: PoolDep, caller: CallerDep, svc: ServiceDep
+):
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        return await clocks.decide_extension(
+            conn,
+            row=row,
+            extension_id=extension_id,
+            approve=body.decision == "approved",
+            reason=body.reason,
+            caller=caller,
+            at=svc.clock.now(),
+            command_id=_command_id(),
+        )
+
+
+@router.post("/incidents/{incident_id}/follow-ups", status_code=201)
+async def follow_up(incident_id: str, body: FollowUp, pool: PoolDep, caller: CallerDep, svc: ServiceDep):
+    at = svc.clock.now()
+    if body.visited_at > at + timedelta(minutes=5):
+        raise Problem(
+            422,
+            "a follow-up visit is recorded once it took place",
+            errors=[{"field": "body.visited_at", "reason": "in the future"}],
+        )
+    async with pool.acquire() as conn, conn.transaction():
+        await get_incident(incident_id, pool, caller)  # 404 outside the caller's scope
+        return await lifecycle.record_follow_up(
+            conn,
+            incident_id=incident_id,
+            visited_by=body.visited_by or caller.sub,
+            visited_at=body.visited_at,
+            note=body.note,
+            still_settled=body.still_settled,
+            reopen=body.reopen,
+            caller=caller,
+            at=at,
+            command_id=_command_id(),
+        )
 
 
 @router.get("/sources/unresolved")

@@ -74,6 +74,7 @@ def report_source(report: GridReportRecord, batch: ReportsSubmitted, index: int)
         address_text=report.address,
         description=report.description,
         hazard_category=report.hazard_category.value if report.hazard_category else None,
+        rectification_deadline=report.rectification_deadline,
         photos=list(report.photos),
         persons=persons_of(report.persons),
         submitted_by=batch.submitter.sub,

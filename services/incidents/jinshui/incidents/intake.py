@@ -15,7 +15,7 @@ from jinshui.contracts.incidents import (
     SourceLinked,
     SourceRef,
 )
-from jinshui.incidents import addresses, journal, rules
+from jinshui.incidents import addresses, hazards, journal, rules
 from jinshui.incidents.journal import derived_id
 from jinshui.kit import timers
 
@@ -46,6 +46,7 @@ class NewSource:
     record_index: int | None = None
     grid: str | None = None
     beat: str | None = None
+    rectification_deadline: datetime | None = None
 
     @property
     def id(self) -> str:
@@ -321,6 +322,20 @@ async def open_incident(conn: asyncpg.Connection, *, incident_id: str, src: NewS
         actor=src.submitted_by or "system",
         event_id=derived_id("opened", incident_id),
     )
+    if category == rules.HAZARD_CATEGORY:
+        hazard_category = src.hazard_category or "other"
+        given = src.rectification_deadline
+        days = rules.RECTIFICATION_DAYS.get(hazard_category, rules.RECTIFICATION_DAYS["other"])
+        await hazards.set_deadline(
+            conn,
+            row=await conn.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id),
+            hazard_category=hazard_category,
+            deadline=given or rules.rectification_due(hazard_category, src.occurred_at),
+            by=src.submitted_by or "system",
+            reason="set by the reporter" if given else f"the default for {hazard_category}: {days} working days",
+            at=at,
+            event_id=derived_id("deadline_set", incident_id),
+        )
 
 
 async def schedule(

@@ -10,6 +10,7 @@ from datetime import datetime
 import asyncpg
 
 from jinshui.contracts.incidents import (
+    FollowUpRecorded,
     IncidentOpened,
     IncidentStatus,
     IncidentTransitioned,
@@ -21,7 +22,7 @@ from jinshui.contracts.incidents import (
     SourceRef,
     SourceUnlinked,
 )
-from jinshui.incidents import journal, rules
+from jinshui.incidents import clocks, hazards, journal, rules
 from jinshui.incidents.intake import schedule
 from jinshui.incidents.journal import derived_id
 from jinshui.kit import timers
@@ -70,6 +71,11 @@ async def transition(
             status_now=current.value,
             allowed=_moves(current, caller.role),
         )
+    if to == IncidentStatus.resolved:
+        hazards.require_rectified(row)
+    row = await clocks.running(
+        conn, row=row, why=f"moved on to {to.value}", by=caller.sub, at=at, command_id=command_id
+    )
     await apply_move(
         conn,
         row=row,
@@ -355,3 +361,89 @@ async def unlink(
         event_id=derived_id("opened", new_id),
     )
     return new_id
+
+
+async def record_follow_up(
+    conn: asyncpg.Connection,
+    *,
+    incident_id: str,
+    visited_by: str,
+    visited_at: datetime,
+    note: str,
+    still_settled: bool,
+    reopen: bool,
+    caller: Identity,
+    at: datetime,
+    command_id: str,
+) -> dict:
+    """A follow-up visit after closing (事后消解); one that finds it not settled may reopen the incident."""
+    row = await locked_incident(conn, incident_id)
+    if row["status"] != IncidentStatus.closed:
+        raise Problem(
+            409,
+            f"follow-up visits are recorded after closing; this incident is {row['status']}",
+            type="not-closed",
+            status_now=row["status"],
+        )
+    if reopen and still_settled:
+        raise Problem(
+            422,
+            "an incident still settled is not reopened",
+            errors=[{"field": "body.reopen", "reason": "only when still_settled is false"}],
+        )
+    if reopen and caller.role not in rules.MOVERS[IncidentStatus.reopened]:
+        raise Problem(
+            403,
+            f"a {caller.role} may not reopen an incident; record the follow-up and ask a mediator",
+            type="transition-not-for-role",
+            status_now=row["status"],
+            allowed=_moves(IncidentStatus.closed, caller.role),
+        )
+    follow_up_id = derived_id("follow_up", command_id)
+    await conn.execute(
+        """INSERT INTO follow_ups (id, incident_id, visited_by, visited_at, note, still_settled, recorded_by,
+               recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        follow_up_id,
+        incident_id,
+        visited_by,
+        visited_at,
+        note,
+        still_settled,
+        caller.sub,
+        at,
+    )
+    await conn.execute("UPDATE incidents SET updated_at = $2 WHERE id = $1", incident_id, at)
+    data = FollowUpRecorded(
+        incident_id=incident_id,
+        follow_up_id=follow_up_id,
+        visited_by=visited_by,
+        visited_at=visited_at,
+        note=note,
+        still_settled=still_settled,
+        by=caller.sub,
+        at=at,
+        household_code=row["household_code"],
+        grid=row["grid"],
+        beat=row["beat"],
+    )
+    await journal.record(
+        conn,
+        incident_id=incident_id,
+        verb="follow_up_recorded",
+        data=data,
+        at=at,
+        actor=caller.sub,
+        event_id=command_id,
+    )
+    if reopen:
+        await apply_move(
+            conn,
+            row=row,
+            to=IncidentStatus.reopened,
+            reason=f"a follow-up visit found it not settled: {note}" if note else "a follow-up found it not settled",
+            by=caller.sub,
+            role=caller.role,
+            at=at,
+            event_id=derived_id("reopened", command_id),
+        )
+    return data.model_dump(mode="json")

@@ -12,7 +12,7 @@ from jinshui.contracts.incidents import (
     PoliceCallsSubmitted,
     ReportsSubmitted,
 )
-from jinshui.incidents import addresses, api, deadlines, handlers, rules
+from jinshui.incidents import addresses, api, deadlines, handlers, hazards, rules
 from jinshui.incidents.settings import IncidentsSettings
 from jinshui.kit import scope
 from jinshui.kit.app import Service
@@ -70,6 +70,7 @@ def build(settings: IncidentsSettings | None = None) -> Service:
     )
 
     svc.timer(rules.TIMER_KIND, deadlines.fire)
+    svc.timer(rules.RECTIFICATION_TIMER, hazards.fire)
     svc.on_start(backfill_numbers_keys)
 
     svc.app.include_router(api.router)

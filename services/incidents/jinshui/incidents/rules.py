@@ -121,3 +121,27 @@ MOVERS: dict[S, tuple[str, ...]] = {
 OPEN_STATES = frozenset(S) - {S.closed}
 # Reaching these states settles the deadline of that name.
 SETTLES: dict[S, str] = {S.accepted: "accept", S.resolved: "resolve", S.closed: "resolve"}
+
+# Hazards (隐患): the default time to rectify (整改期限), in working days from the report, per hazard category.
+HAZARD_CATEGORY = "report:hazard"
+RECTIFICATION_DAYS: dict[str, int] = {
+    "falling_tiles": 3,
+    "blocked_fire_lane": 1,
+    "basement_misuse": 10,
+    "gas": 1,
+    "electrical": 3,
+    "other": 5,
+}
+RECTIFICATION_TIMER = "hazard_rectification"
+# The timers of an incident that stop while it is paused and move by the time paused.
+INCIDENT_TIMERS = (TIMER_KIND, RECTIFICATION_TIMER)
+
+
+def rectification_due(hazard_category: str, start: datetime) -> datetime:
+    return add_working_days(start, RECTIFICATION_DAYS.get(hazard_category, RECTIFICATION_DAYS["other"]))
+
+
+def extended(category: str, due: datetime, days: int) -> datetime:
+    """A time to resolve moved by `days`: calendar days for clock-hour categories, else working days."""
+    rule = DEADLINES[category]
+    return due + timedelta(days=days) if rule.unit == "hours" else add_working_days(due, days)

@@ -140,6 +140,60 @@ async def incident(pool: asyncpg.Pool, incident_id: str) -> dict:
                 incident_id,
             )
         ]
+        extra = await conn.fetchrow(
+            """SELECT hazard_category, rectify_by, rectified_at, rectification_overdue, paused_at, paused_waiting_on,
+                      paused_timers, paused_seconds
+               FROM incidents WHERE id = $1""",
+            incident_id,
+        )
+        out["hazard"] = (
+            {
+                "category": extra["hazard_category"],
+                "rectify_by": extra["rectify_by"],
+                "rectified_at": extra["rectified_at"],
+                "overdue": extra["rectification_overdue"],
+            }
+            if extra["rectify_by"] is not None or extra["hazard_category"] is not None
+            else None
+        )
+        out["paused"] = (
+            {
+                "since": extra["paused_at"],
+                "waiting_on": extra["paused_waiting_on"],
+                "deadlines": [
+                    {k: t["payload"].get(k) for k in ("deadline", "stage", "due_at")}
+                    for t in extra["paused_timers"] or []
+                ],
+            }
+            if extra["paused_at"] is not None
+            else None
+        )
+        out["paused_seconds"] = extra["paused_seconds"]
+        out["inspections"] = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT id, result, note, inspected_at, new_deadline, inspected_by, role, recorded_at
+                   FROM inspections WHERE incident_id = $1 ORDER BY recorded_at, id""",
+                incident_id,
+            )
+        ]
+        out["extensions"] = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT id, days, reason, status, requested_by, requested_at, decided_by, decided_at,
+                          decision_reason, resolve_due_before, resolve_due_after
+                   FROM extensions WHERE incident_id = $1 ORDER BY requested_at, id""",
+                incident_id,
+            )
+        ]
+        out["follow_ups"] = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT id, visited_by, visited_at, note, still_settled, recorded_by, recorded_at
+                   FROM follow_ups WHERE incident_id = $1 ORDER BY visited_at, id""",
+                incident_id,
+            )
+        ]
         out["deadlines"] = [
             dict(r)
             for r in await conn.fetch(
