@@ -370,9 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     from jinshui.cli import importer
 
     importer.add_parser(sub, _default_home())
-    from jinshui.cli import demo
-
-    demo.add_parser(sub, _default_home())
     from jinshui.cli import dlq
 
     dlq.add_parser(sub, _default_home())
