@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,8 @@ class ServiceSettings(BaseSettings):
     """What every service reads. Environment variables are the upper-case field names."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+    # A service without tables (the gateway) needs no DATABASE_URL, in production either.
+    uses_database: ClassVar[bool] = True
 
     service_name: str = "jinshui"
     jinshui_env: Environment = "development"
@@ -61,7 +63,7 @@ class ServiceSettings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> ServiceSettings:
         if self.is_production:
             problems = []
-            if self.database_url == DEV_DATABASE_URL:
+            if self.uses_database and self.database_url == DEV_DATABASE_URL:
                 problems.append("DATABASE_URL is the development default")
             if self.jinshui_clock != "wall":
                 problems.append("JINSHUI_CLOCK must be 'wall' in production")

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -11,6 +11,7 @@ from jinshui.kit.tokens import ALGORITHMS, check_algorithms
 
 
 class GatewaySettings(ServiceSettings):
+    uses_database: ClassVar[bool] = False
     service_name: str = "gateway"
     http_port: int = 8000
     registry_url: str = "http://127.0.0.1:8001"
