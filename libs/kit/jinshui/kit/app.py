@@ -58,6 +58,7 @@ class Service:
         self.timer_loop: TimerLoop | None = None
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
+        self._on_metrics: list[Hook] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.started_at = time.time()
@@ -85,6 +86,11 @@ class Service:
 
     def on_stop(self, hook: Hook) -> Hook:
         self._on_stop.append(hook)
+        return hook
+
+    def on_metrics(self, hook: Hook) -> Hook:
+        """Run `hook` before each scrape of /metrics, to refresh gauges a service derives from its tables."""
+        self._on_metrics.append(hook)
         return hook
 
     def spawn(self, coro: Awaitable[None], *, name: str) -> asyncio.Task:
@@ -284,6 +290,9 @@ class Service:
             if self._ready:
                 with contextlib.suppress(Exception):
                     await self.status()  # refreshes the lag and backlog gauges
+                for hook in self._on_metrics:
+                    with contextlib.suppress(Exception):
+                        await hook(self)
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     def run(self) -> None:
