@@ -370,12 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     from jinshui.cli import importer
 
     importer.add_parser(sub, _default_home())
+    from jinshui.cli import demo
+
+    demo.add_parser(sub, _default_home())
     from jinshui.cli import dlq
 
     dlq.add_parser(sub, _default_home())
     from jinshui.cli import backup
 
     backup.add_parsers(sub, _default_home())
+    from jinshui.cli import replay
+
+    replay.add_parser(sub, _default_home())
     return parser
 
 
