@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -134,6 +134,83 @@ class TaskChanged(Contract):
     at: datetime
 
 
+class LedgerStatus(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class SignerRole(StrEnum):
+    police = "police"
+    community_admin = "community_admin"
+
+
+class LedgerSignature(Contract):
+    """One of the two signatures that close a ledger entry (销号): a police user's and a community admin's."""
+
+    role: SignerRole
+    by: str
+    reason: str
+    at: datetime
+
+
+class LedgerEntryChanged(Contract):
+    """A close-out ledger entry (销号式管理台账) for a key person was opened, followed up, signed or closed."""
+
+    entry_id: str
+    rule: str
+    person_hash: KeyedHash
+    household_code: HouseholdCode | None = None
+    grid: AreaCode
+    beat: AreaCode
+    status: LedgerStatus
+    interval_days: float
+    next_review_at: datetime | None = None
+    misses: int = 0
+    by: str | None = None
+    reason: str | None = None
+    signatures: list[LedgerSignature] = Field(default_factory=list)
+    evidence: list[Evidence] = Field(default_factory=list)
+    at: datetime
+
+
+class LedgerReviewMissed(Contract):
+    """A ledger entry got no follow-up visit within its review interval (risk's own window, rule 6)."""
+
+    entry_id: str
+    rule: str
+    person_hash: KeyedHash
+    household_code: HouseholdCode | None = None
+    grid: AreaCode
+    beat: AreaCode
+    misses: int = Field(ge=1, description="reviews missed in a row")
+    interval_days: float
+    due_at: datetime
+    last_follow_up_at: datetime | None = None
+
+
+class DepartureUnconfirmed(Contract):
+    """A letting was stopped and some of its tenants' residencies were still open after the window (rule 3)."""
+
+    letting_id: str
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    stopped_on: date
+    still_resident: int = Field(ge=1)
+    window_days: float
+    letting_stopped_event: str
+
+
+class VisitOverdue(Contract):
+    """A household not yet visited this month by the month's last week (Asia/Shanghai; rule 7)."""
+
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    last_visited_at: datetime | None = None
+
+
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.risk.alert.raised.v1": AlertRaised,
     "org.jinshui.risk.alert.acknowledged.v1": AlertChanged,
@@ -144,6 +221,13 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.risk.watch_entry.changed.v1": WatchEntryChanged,
     "org.jinshui.risk.task.created.v1": TaskChanged,
     "org.jinshui.risk.task.closed.v1": TaskChanged,
+    "org.jinshui.risk.ledger.opened.v1": LedgerEntryChanged,
+    "org.jinshui.risk.ledger.followed_up.v1": LedgerEntryChanged,
+    "org.jinshui.risk.ledger.signed.v1": LedgerEntryChanged,
+    "org.jinshui.risk.ledger.closed.v1": LedgerEntryChanged,
+    "org.jinshui.risk.ledger.review_missed.v1": LedgerReviewMissed,
+    "org.jinshui.risk.letting.departure_unconfirmed.v1": DepartureUnconfirmed,
+    "org.jinshui.risk.household.visit_overdue.v1": VisitOverdue,
     "org.jinshui.risk.submission.settled.v1": SubmissionSettled,
     "org.jinshui.sightings.batch.submitted.v1": SightingsSubmitted,
 }

@@ -94,6 +94,11 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/rules"): ("police", "community_admin"),
     ("POST", "/v1/rules/reload"): ("community_admin",),
     ("GET", "/v1/tasks"): ("grid_worker", "community_admin", "police"),
+    ("GET", "/v1/ledger"): ("police", "community_admin", "grid_worker"),
+    ("GET", "/v1/ledger/{entry_id}"): ("police", "community_admin", "grid_worker"),
+    ("POST", "/v1/ledger/{entry_id}/close"): ("police", "community_admin"),
+    ("GET", "/v1/profiles/persons/{person_hash}"): ("police", "community_admin", "grid_worker"),
+    ("GET", "/v1/profiles/households/{code}"): ("police", "community_admin", "grid_worker"),
     ("GET", "/v1/ops/status"): ("ops",),
     **INCIDENT_ROLES,
 }

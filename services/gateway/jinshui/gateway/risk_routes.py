@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Request
@@ -219,3 +219,185 @@ async def reload_rules(
 @router.get("/tasks")
 async def tasks(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/tasks")]):
     return await _to_risk(request, svc, caller, "/v1/tasks")
+
+
+# The close-out ledger (销号式管理台账) and the risk profiles.
+
+
+class EvidenceOut(BaseModel):
+    event_id: str
+    type: str
+    time: datetime
+
+
+class LedgerEvent(BaseModel):
+    at: datetime
+    what: str = Field(description="opened, evidence_added, followed_up, review_missed, signed, closed")
+    by: str | None = None
+    reason: str | None = None
+    evidence: list[EvidenceOut] | None = None
+
+
+class LedgerSignatureOut(BaseModel):
+    role: Literal["police", "community_admin"]
+    by: str
+    reason: str
+    at: datetime
+
+
+class LedgerEntry(BaseModel):
+    id: str
+    rule: str = Field(description="the rule that opened it (a tag's rule, or any rule with a `ledger` effect)")
+    person_hash: str
+    household_code: str | None = None
+    grid: str
+    beat: str
+    reason: str
+    interval_days: float
+    status: Literal["open", "closed"]
+    opened_at: datetime
+    last_follow_up_at: datetime | None = None
+    next_review_at: datetime | None = None
+    misses: int
+    closed_at: datetime | None = None
+    evidence: list[EvidenceOut]
+    updated_at: datetime
+
+
+class LedgerEntries(BaseModel):
+    entries: list[LedgerEntry]
+
+
+class LedgerEntryDetail(LedgerEntry):
+    follow_ups: list[LedgerEvent]
+    signatures: list[LedgerSignatureOut]
+    history: list[LedgerEvent]
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+@router.get("/ledger", response_model=LedgerEntries, summary="List the close-out ledger (销号式管理台账)")
+async def ledger(request: Request, svc: ServiceDep, caller: Annotated[Identity, allowed("GET", "/v1/ledger")]):
+    """Key persons' entries, open and closed; filter by `status`, `rule`, `grid`, `beat`, `household_code`,
+    `person_hash`, `overdue`. Grid workers and officers see their grids' and beat's."""
+    return await _to_risk(request, svc, caller, "/v1/ledger")
+
+
+@router.get("/ledger/{entry_id}", response_model=LedgerEntryDetail, summary="Read a ledger entry")
+async def ledger_entry(
+    entry_id: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/ledger/{entry_id}")],
+):
+    """The entry with its follow-ups, signatures and history."""
+    return await _to_risk(request, svc, caller, f"/v1/ledger/{entry_id}")
+
+
+@router.post(
+    "/ledger/{entry_id}/close",
+    response_model=LedgerEntryDetail,
+    summary="Sign a ledger entry off (销号)",
+)
+async def close_ledger_entry(
+    entry_id: str,
+    body: Signature,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("POST", "/v1/ledger/{entry_id}/close")],
+):
+    """One of the two signatures, each with a reason: a police user's and a community admin's. The entry is
+    closed when both are in; a second signature of the same role or by the same person is refused (409)."""
+    return await _to_risk(request, svc, caller, f"/v1/ledger/{entry_id}/close")
+
+
+class ScoreFactor(BaseModel):
+    rule: str
+    score: float = Field(description="what this rule's events are worth now, after decay")
+    events: list[EvidenceOut]
+
+
+class ScoreChange(BaseModel):
+    at: datetime
+    rule: str
+    points: float
+    half_life_days: float
+    worth_now: float
+    explanation: str
+    evidence: list[EvidenceOut]
+
+
+class TagOut(BaseModel):
+    tag: str
+    household_code: str
+    grid: str
+    beat: str
+    active: bool
+    at: datetime
+
+
+class PersonProfile(BaseModel):
+    person_hash: str
+    score: float
+    level: Literal["NONE", "LOW", "MEDIUM", "HIGH"]
+    factors: list[ScoreFactor]
+    history: list[ScoreChange]
+    tags: list[TagOut]
+    ledger: list[LedgerEntry]
+
+
+class AlertBrief(BaseModel):
+    id: str
+    rule: str
+    level: AlertLevel
+    status: str
+    raised_at: datetime
+
+
+class TaskBrief(BaseModel):
+    id: str
+    rule: str
+    title: str
+    due_at: datetime
+
+
+class HouseholdProfile(BaseModel):
+    code: str
+    address: str | None = None
+    grid: str
+    beat: str
+    last_visited_at: datetime | None = None
+    score: float
+    level: Literal["NONE", "LOW", "MEDIUM", "HIGH"]
+    factors: list[ScoreFactor]
+    history: list[ScoreChange]
+    alerts: list[AlertBrief]
+    open_tasks: list[TaskBrief]
+
+
+@router.get(
+    "/profiles/persons/{person_hash}", response_model=PersonProfile, summary="A person's risk profile (by keyed hash)"
+)
+async def person_profile(
+    person_hash: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/profiles/persons/{person_hash}")],
+):
+    """Current score and level (each factor halves every half-life the rule file gives), the factors by rule with
+    their events, the history of every change, the person's tags and ledger entries."""
+    return await _to_risk(request, svc, caller, f"/v1/profiles/persons/{person_hash}")
+
+
+@router.get("/profiles/households/{code}", response_model=HouseholdProfile, summary="A household's risk profile")
+async def household_profile(
+    code: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/profiles/households/{code}")],
+):
+    """Current score and level, factors, history, the household's recent alerts and open tasks."""
+    return await _to_risk(request, svc, caller, f"/v1/profiles/households/{code}")

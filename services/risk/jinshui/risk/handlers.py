@@ -9,23 +9,57 @@ import asyncpg
 
 from jinshui.contracts.envelope import CloudEvent
 from jinshui.contracts.events import AlertRaised, Evidence
-from jinshui.kit import scope
-from jinshui.risk import tasks
+from jinshui.kit import scope, timers
+from jinshui.risk import ledger, profiles, tasks, windows
 from jinshui.risk.alerts import derived_id, raise_alert
 from jinshui.risk.rules import RuleBook, lookup, render
 
 log = logging.getLogger(__name__)
 
 
-async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBook, escalate_after: timedelta) -> None:
-    """Apply the effects of every rule in force whose conditions the event meets."""
+async def on_event(
+    conn: asyncpg.Connection,
+    event: CloudEvent,
+    *,
+    book: RuleBook,
+    escalate_after: timedelta,
+    letting_window: timedelta = timedelta(days=7),
+) -> None:
+    """Keep risk's copies and windows, then apply the effects of every rule whose conditions the event meets."""
     book.reload_if_changed()
     if event.type == scope.ASSIGNMENT_CHANGED:
         await scope.keep(conn, event)
     if event.type == tasks.VISIT:
         await tasks.close_by_visit(conn, event)  # before the rules, so a visit never closes its own new task
+        await ledger.follow_up(conn, event)
+        await windows.keep_visit(conn, event)
     if event.type in (TAG_SET, TAG_ENDED):
         await keep_tags(conn, event)
+    if event.type in (windows.HOUSEHOLD_REGISTERED, windows.HOUSEHOLDS_IMPORTED):
+        await windows.keep_households(conn, event)
+    elif event.type == windows.COVERAGE_CHANGED:
+        await windows.keep_coverage(conn, event)
+    elif event.type == windows.LETTING_STOPPED:
+        await windows.letting_stopped(conn, event, window=letting_window)
+    elif event.type == windows.RESIDENT_DEPARTED:
+        await windows.departed(conn, event)
+    elif event.type == RESIDENT_ARRIVED:
+        await ledger.moved(conn, event)
+    await apply_rules(conn, event, book=book, escalate_after=escalate_after)
+
+
+def on_timer(window, *, book: RuleBook, escalate_after: timedelta) -> timers.TimerHandler:
+    """A timer of risk's own windows: the events it puts out go through the rules in the same transaction."""
+
+    async def handler(conn: asyncpg.Connection, timer: timers.Timer, now) -> None:
+        book.reload_if_changed()
+        for event in await window(conn, timer, now):
+            await apply_rules(conn, event, book=book, escalate_after=escalate_after)
+
+    return handler
+
+
+async def apply_rules(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBook, escalate_after: timedelta):
     for rule in book.matching(event.type, event.data):
         held, earlier = await _store_conditions(conn, rule, event)
         if not held:
@@ -34,6 +68,11 @@ async def on_event(conn: asyncpg.Connection, event: CloudEvent, *, book: RuleBoo
         for effect in rule.effects:
             if effect.alert is not None:
                 alert_id = await _alert(conn, rule, effect.alert, event, book, escalate_after, earlier)
+            elif effect.ledger is not None:
+                await ledger.open_entry(conn, rule=rule.id, effect=effect.ledger, event=event)
+            elif effect.score is not None:
+                explanation = f"{rule.description or rule.id} (rule {rule.id}, rules v{book.version})"
+                await profiles.add(conn, rule=rule.id, effect=effect.score, event=event, explanation=explanation)
             else:
                 t = effect.task
                 grid, beat = lookup(event.data, t.grid), lookup(event.data, t.beat)
@@ -76,6 +115,7 @@ async def _alert(conn, rule, a, event: CloudEvent, book: RuleBook, escalate_afte
 
 TAG_SET = "org.jinshui.registry.tag.set.v1"
 TAG_ENDED = "org.jinshui.registry.tag.ended.v1"
+RESIDENT_ARRIVED = "org.jinshui.registry.resident.arrived.v1"
 
 
 async def keep_tags(conn: asyncpg.Connection, event: CloudEvent) -> None:

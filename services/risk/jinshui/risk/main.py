@@ -9,7 +9,7 @@ from pathlib import Path
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.risk import alerts, api, handlers, sightings
+from jinshui.risk import alerts, api, gauges, handlers, ledger, ledger_api, sightings, windows
 from jinshui.risk.rules import DEFAULT_RULES, RuleBook
 from jinshui.risk.settings import RiskSettings
 
@@ -21,7 +21,12 @@ def build(settings: RiskSettings | None = None) -> Service:
     book = RuleBook(settings.rules_file or DEFAULT_RULES)
     book.reload()  # a service never starts on a rule file it refuses
     svc.app.state.rules = book
-    on_event = partial(handlers.on_event, book=book, escalate_after=escalate_after)
+    on_event = partial(
+        handlers.on_event,
+        book=book,
+        escalate_after=escalate_after,
+        letting_window=timedelta(days=settings.letting_departure_window_days),
+    )
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]
         svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[prefix], handler=on_event))
@@ -41,5 +46,19 @@ def build(settings: RiskSettings | None = None) -> Service:
         )
     )
     svc.timer(alerts.ESCALATION, alerts.escalate)
+    for kind, window in (
+        (ledger.REVIEW, ledger.review_due),
+        (windows.LETTING, windows.letting_window_elapsed),
+        (windows.MONTHLY, windows.month_check),
+    ):
+        svc.timer(kind, handlers.on_timer(window, book=book, escalate_after=escalate_after))
+
+    @svc.on_start
+    async def _arm_monthly_visits(s: Service) -> None:
+        async with s.pool.acquire() as conn:
+            await windows.arm_monthly(conn, s.clock.now())
+
+    svc.on_metrics(gauges.refresh)
     svc.app.include_router(api.router)
+    svc.app.include_router(ledger_api.router)
     return svc

@@ -59,13 +59,15 @@ class InvolvesTagged(_Strict):
 
 
 class Condition(_Strict):
-    """One of: `field` compared with exactly one of equals / in / contains / present; `repeated`; `involves_tagged`."""
+    """One of: `field` compared with exactly one of equals / in / contains / present / at_least; `repeated`;
+    `involves_tagged`."""
 
     field: FieldPath | None = None
     equals: Any = None
     in_: list[Any] | None = Field(default=None, alias="in")
     contains: Any = None
     present: bool | None = None
+    at_least: float | None = None  # a number at `field` is at least this
     repeated: Repeated | None = None
     involves_tagged: InvolvesTagged | None = None
 
@@ -80,9 +82,9 @@ class Condition(_Strict):
         if len(kinds) != 1:
             raise ValueError("a condition is one of: field (with a test), repeated, involves_tagged")
         if self.field is not None:
-            tests = [t for t in ("equals", "in_", "contains", "present") if getattr(self, t) is not None]
+            tests = [t for t in ("equals", "in_", "contains", "present", "at_least") if getattr(self, t) is not None]
             if len(tests) != 1:
-                raise ValueError("a field condition takes exactly one of equals, in, contains, present")
+                raise ValueError("a field condition takes exactly one of equals, in, contains, present, at_least")
         return self
 
     @property
@@ -97,6 +99,8 @@ class Condition(_Strict):
             return value == self.equals
         if self.in_ is not None:
             return value in self.in_
+        if self.at_least is not None:
+            return isinstance(value, int | float) and not isinstance(value, bool) and value >= self.at_least
         return isinstance(value, list | tuple | str) and self.contains in value
 
 
@@ -122,16 +126,52 @@ class TaskEffect(_Strict):
     resolves_alert: bool = False  # the visit that closes the task also resolves this rule's alert
 
 
+class LedgerEffect(_Strict):
+    """Open a close-out ledger entry (销号式管理台账) for the person at `person` (a keyed hash), reviewed every
+    `interval_days`: a visit to their household is a follow-up; none within the interval is rule 6's window."""
+
+    person: FieldPath = "id_hash"
+    interval_days: float = Field(gt=0, le=366)
+    reason: str = Field(min_length=1, max_length=500)
+    household: FieldPath = "household_code"
+    grid: FieldPath = "grid"
+    beat: FieldPath = "beat"
+
+    _paths = field_validator("person", "household", "grid", "beat")(_check_path)
+
+
+class ScoreEffect(_Strict):
+    """Raise the risk score of the persons at `persons` (a hash or a list of hashes) and/or the household at
+    `household` by `points`, decaying by half every `half_life_days`."""
+
+    points: float = Field(gt=0, le=1000)
+    half_life_days: float = Field(gt=0, le=3650)
+    persons: FieldPath | None = None
+    household: FieldPath | None = None
+    grid: FieldPath = "grid"
+    beat: FieldPath = "beat"
+
+    _paths = field_validator("persons", "household", "grid", "beat")(_check_path)
+
+    @model_validator(mode="after")
+    def _someone(self) -> ScoreEffect:
+        if self.persons is None and self.household is None:
+            raise ValueError("a score names `persons`, `household`, or both")
+        return self
+
+
 class Effect(_Strict):
-    """Exactly one of: an alert for the desk, a task for a grid worker."""
+    """Exactly one of: an alert for the desk, a task for a grid worker, a ledger entry, a change of score."""
 
     alert: AlertEffect | None = None
     task: TaskEffect | None = None
+    ledger: LedgerEffect | None = None
+    score: ScoreEffect | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Effect:
-        if (self.alert is None) == (self.task is None):
-            raise ValueError("an effect is exactly one of `alert` or `task`")
+        if sum(e is not None for e in (self.alert, self.task, self.ledger, self.score)) != 1:
+            raise ValueError("an effect is exactly one of `alert`, `task`, `ledger` or `score`")
         return self
 
 

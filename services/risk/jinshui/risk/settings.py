@@ -14,5 +14,7 @@ class RiskSettings(ServiceSettings):
     escalate_after_seconds: float = Field(default=300, gt=0)
     # A sighting later than now by more than this is refused (gate clocks drift a little).
     sighting_future_tolerance_seconds: float = Field(default=300, ge=0)
+    # Rule 3: the tenants of a stopped letting still resident this long after it stopped get a departure check.
+    letting_departure_window_days: float = Field(default=7, gt=0)
     # The rules file (YAML); the one shipped with the service unless set.
     rules_file: Path | None = None
