@@ -615,6 +615,57 @@ def test_nats_values_run_three_servers_with_durable_file_storage(nats_values, re
     assert one(rendered["dev"], "ConfigMap", "jinshui-config")["data"]["JINSHUI_STREAM_REPLICAS"] == "1"
 
 
+# The nats chart's values (1.x layout and later): a mistyped key would be silently ignored by Helm.
+NATS_CHART_KEYS = {
+    "global",
+    "nameOverride",
+    "fullnameOverride",
+    "namespaceOverride",
+    "tlsCA",
+    "config",
+    "container",
+    "reloader",
+    "promExporter",
+    "service",
+    "statefulSet",
+    "podTemplate",
+    "headlessService",
+    "configMap",
+    "natsBox",
+    "serviceAccount",
+    "podDisruptionBudget",
+    "networkPolicy",
+    "extraResources",
+}
+NATS_CHART_CONFIG_KEYS = {
+    "cluster",
+    "nats",
+    "leafnodes",
+    "websocket",
+    "mqtt",
+    "gateway",
+    "monitor",
+    "profiling",
+    "resolver",
+    "jetstream",
+    "serverNamePrefix",
+    "merge",
+    "patch",
+    "lameDuckGracePeriod",
+    "lameDuckDuration",
+}
+
+
+@pytest.mark.parametrize("path", [NATS_VALUES, NATS_DEV_VALUES], ids=lambda p: p.name)
+def test_nats_values_use_only_the_charts_keys(path):
+    values = yaml.safe_load(path.read_text())
+    assert not set(values) - NATS_CHART_KEYS, set(values) - NATS_CHART_KEYS
+    assert not set(values["config"]) - NATS_CHART_CONFIG_KEYS, set(values["config"]) - NATS_CHART_CONFIG_KEYS
+    assert not set(values["container"]) - {"image", "env", "merge", "patch", "ports"}
+    for name, value in values["container"].get("env", {}).items():
+        assert isinstance(value, str) or set(value) == {"valueFrom"}, name
+
+
 def test_nats_users_and_permissions_are_the_natsauth_table(nats_values, rendered):
     from jinshui.cli import natsauth
 
