@@ -116,7 +116,15 @@ async def test_backup_destroy_restore_gives_back_every_row_message_and_outcome(
         # The services stop, so that what is compared stands still; a backup could be taken while they run.
         for started in [s]:
             await started.stop()
+        # Holes: the first intake message and the last dead letters deleted (as a replay deletes them).
+        intake, dlq = f"{stream_prefix.upper()}_INTAKE", f"{stream_prefix.upper()}_DLQ"
+        await js.delete_msg(intake, (await js.stream_info(intake)).state.first_seq)
+        dead = [await js.publish(naming.subject(f"dlq.drill-{i}"), b"{}") for i in range(3)]
+        for ack in dead[1:]:
+            await js.delete_msg(dlq, ack.seq)
         before_tables, before_streams = await tables(database_url), await streams(js, naming)
+        assert before_streams[intake]["first_seq"] == 2 and before_streams[dlq]["messages"] == 1
+        assert before_streams[dlq]["last_seq"] == dead[-1].seq
         assert sum(len(rows) for rows in before_tables.values()) > 50
         assert len(before_streams) >= 7 and all(v["messages"] for k, v in before_streams.items() if "RISK" in k)
 

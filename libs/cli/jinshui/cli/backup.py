@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
@@ -195,16 +196,21 @@ async def dump_stream(js: JetStreamContext, name: str, out: Path) -> dict[str, A
             )
             sub = await js.pull_subscribe_bind(consumer=consumer.name, stream=name)
             try:
-                seq = 0
-                while seq < state.last_seq:
-                    msgs = await sub.fetch(FETCH, timeout=5)
+                # What the stream held when the consumer was made; messages after last_seq are left for later.
+                remaining = consumer.num_pending
+                while remaining > 0:
+                    try:
+                        msgs = await sub.fetch(min(FETCH, remaining), timeout=10)
+                    except NatsTimeoutError:  # the rest aged out meanwhile
+                        break
                     for m in msgs:
+                        remaining -= 1
                         meta = m.metadata
-                        seq = meta.sequence.stream
-                        if seq > state.last_seq:
+                        if meta.sequence.stream > state.last_seq:
+                            remaining = 0
                             break
                         line = {
-                            "seq": seq,
+                            "seq": meta.sequence.stream,
                             "subject": m.subject,
                             "time": meta.timestamp.isoformat() if meta.timestamp else None,
                             "headers": dict(m.headers or {}),
