@@ -61,7 +61,8 @@ class Watch:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each process; `machine` is every CPU's busy time, whoever used it."""
-        out = {name: _cpu_seconds(p, with_children=name == "postgres") for name, p in self.procs.items()}
+        # The postmaster's backends, and a service's own workers (the registry's import parser) count as theirs.
+        out = {name: _cpu_seconds(p, with_children=name != "loadgen") for name, p in self.procs.items()}
         t = psutil.cpu_times()
         out["machine"] = sum(t) - t.idle - getattr(t, "iowait", 0.0)
         return out

@@ -33,9 +33,10 @@ SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华"
 
 
-def make_csv(path: Path, rows: int, *, grids: int, seed: int = 7) -> int:
-    """A CSV of about `rows` person rows; returns the number of households."""
+def make_csv(path: Path, rows: int, *, grids: int | list[str], seed: int = 7) -> int:
+    """A CSV of about `rows` person rows over `grids` (codes, or how many of G01, G02…); returns the households."""
     rng = random.Random(seed)
+    names = grids if isinstance(grids, list) else [f"G{g + 1:02d}" for g in range(grids)]
     households = written = 0
     with path.open("w", encoding="utf-8") as f:
         f.write("address,grid,building,unit,room,name,id_number,phone,kind,arrived_at,expected_end\n")
@@ -43,7 +44,7 @@ def make_csv(path: Path, rows: int, *, grids: int, seed: int = 7) -> int:
             households += 1
             building, room = households // 200 + 1, households % 200 + 101
             address = f"金水小区{building}号楼{room}室"
-            grid = f"G{households % grids + 1:02d}"
+            grid = names[households % len(names)]
             for _ in range(min(rng.randint(1, 5), rows - written)):
                 written += 1
                 born = f"{rng.randint(1940, 2015)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"

@@ -1,8 +1,9 @@
-"""The scenarios that exist today: intake, visits end to end, alert latency to the desk, and footprint."""
+"""The scenarios: intake, sightings and visits end to end, alert latency to the desk, import at scale, footprint."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -53,6 +54,12 @@ class Size:
     intake_steady: float
     intake_clients: int
     drain_timeout: float
+    sightings_total: int = 200_000
+    sightings_warmup_total: int = 20_000
+    sightings_clients: int = 8
+    sightings_match_share: float = 0.01
+    import_rows: int = 200_000
+    import_cards: int = 2_000
 
     @property
     def urgent_households(self) -> int:
@@ -106,6 +113,11 @@ SMOKE = Size(
     intake_steady=3.0,
     intake_clients=4,
     drain_timeout=60.0,
+    sightings_total=5_000,
+    sightings_warmup_total=1_000,
+    sightings_clients=2,
+    import_rows=3_000,
+    import_cards=100,
 )
 SIZES = {s.name: s for s in (FULL, SMOKE)}
 
@@ -637,3 +649,224 @@ def footprint(watch: Watch, *, goal_mb: float) -> dict:
         "met_detail": {"over_goal": over},
         "details": {"per_service": per_service, "sampled": "psutil RSS every 0.25 s during each load scenario"},
     }
+
+
+# --- 2. sightings end to end ------------------------------------------------------------------------------
+WATCHED = "鲁B"  # watch-listed plates; every other sighting is of a 鲁E plate, on no list
+
+
+async def sightings(env: BenchEnv, watch: Watch, size: Size) -> dict:
+    """Gate sightings in batches of 500 through `POST /v1/sightings`, 1% of them of a watch-listed plate (each seen
+    once, so each raises its own alert): sightings per second from the first request to the last alert on a desk's
+    SSE stream, after a warm-up of sightings that match nothing."""
+    assert env.lean is not None and env.stack is not None and env.http is not None
+    await env.wait_quiet(timeout=size.drain_timeout)
+    beats = sorted({code[:3] for code in env.households.regular})  # B00, B01…: a gate at each beat's first grid
+    gates = [f"GATE{b[1:]}" for b in beats]
+    for b, gate in zip(beats, gates, strict=True):
+        body = {"code": gate, "name": f"{b}北门", "grid": f"G{b[1:]}0", "beat": f"BEAT{b[1:]}"}
+        r = await env.http.post("/v1/gates", json=body, headers=env.auth("police", "bench-gatekeeper"))
+        if r.status_code not in (201, 409):
+            raise RuntimeError(f"gate {gate}: HTTP {r.status_code} {r.text[:300]}")
+    per_batch = max(1, round(BATCH * size.sightings_match_share))
+    batches = math.ceil(size.sightings_total / BATCH)
+    watched = [f"{WATCHED}{k:05d}" for k in range(batches * per_batch)]
+    sem = asyncio.Semaphore(16)
+
+    async def listed(k: int, plate: str) -> None:
+        body = {"kind": "plate", "plate": plate, "level": "MEDIUM", "reason": "bench: wanted vehicle"}
+        async with sem:
+            for _ in range(20):
+                r = await env.http.post("/v1/watchlists", json=body, headers=env.auth("police", f"bench-po-{k % 64}"))
+                if r.status_code in (201, 409):
+                    return
+                if r.status_code not in (429, 503):
+                    raise RuntimeError(f"watch-list {plate}: HTTP {r.status_code} {r.text[:300]}")
+                await asyncio.sleep(0.2)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(listed(k, p) for k, p in enumerate(watched)))
+    listed_s = time.perf_counter() - t
+    rng = random.Random(9)
+
+    def body(batch: int, *, matching: bool) -> bytes:
+        seen_at = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+        records = [
+            {"gate": gates[(batch + i) % len(gates)], "seen_at": seen_at, "plate": f"鲁E{rng.randrange(100000):05d}"}
+            for i in range(BATCH)
+        ]
+        if matching:
+            for j in range(per_batch):
+                records[j * (BATCH // per_batch)]["plate"] = watched[batch * per_batch + j]
+        return orjson.dumps({"sightings": records})
+
+    seen: dict[str, float] = {}
+    duplicates = [0]
+    all_seen = asyncio.Event()
+
+    def on_raised(_client: DeskClient, data: dict, at: float) -> None:
+        explanation = data.get("explanation", "")
+        if data.get("rule") != "watchlist" or WATCHED not in explanation:
+            return
+        key = data.get("alert_id", explanation)
+        if key in seen:
+            duplicates[0] += 1
+        seen[key] = at
+        if len(seen) == len(watched):
+            all_seen.set()
+
+    desk = DeskClient(
+        env.stack.url("gateway") + "/v1/alerts/stream",
+        env.token("police", "desk-sightings"),
+        on_alert=lambda *_: None,
+        on_raised=on_raised,
+    )
+    desk.start()
+    await _wait_connected([desk], timeout=30)
+    if not desk.connected.is_set():
+        raise RuntimeError(f"the desk client did not connect: {desk.error}")
+    headers = [env.auth("gate_system", f"gate-system-{c}") | JSON for c in range(size.sightings_clients)]
+    statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+
+    async def send(todo: list[int], c: int, *, matching: bool) -> None:
+        while todo:
+            batch = todo.pop(0)
+            try:
+                r = await env.lean.post(
+                    "/v1/sightings", content=body(batch, matching=matching), headers=keyed(headers[c])
+                )
+            except LeanHttpError as e:
+                errors[type(e).__name__] += 1
+                continue
+            statuses[str(r.status_code)] += 1
+
+    try:
+        warm = list(range(max(1, round(size.sightings_warmup_total / BATCH))))
+        await asyncio.gather(*(send(warm, c, matching=False) for c in range(size.sightings_clients)))
+        await env.wait_quiet(timeout=size.drain_timeout)
+        statuses.clear()
+        todo = list(range(batches))
+        async with watch.load("sightings"):
+            window = watch.begin()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(send(todo, c, matching=True) for c in range(size.sightings_clients)))
+            accepted_s = time.perf_counter() - t0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_seen.wait(), size.drain_timeout)
+            measured = watch.end(window)
+    finally:
+        await desk.stop()
+    env.check_services()
+    total = batches * BATCH
+    last = max(seen.values(), default=t0)
+    end_to_end_s = last - t0
+    missed = len(watched) - len(seen)
+    problems = []
+    if missed:
+        problems.append(f"{missed} of {len(watched)} watch-list alerts missed")
+    if set(statuses) - {"202"} or errors:
+        problems.append(f"not every request was accepted: statuses {dict(statuses)}, errors {dict(errors)}")
+    return {
+        "figure": round(total / end_to_end_s, 1) if end_to_end_s > 0 and not missed else None,
+        "unit": "sightings/s end to end",
+        "problems": problems,
+        "details": {
+            "sightings": total,
+            "matching": len(watched),
+            "alerts_seen": len(seen),
+            "duplicate_alerts": duplicates[0],
+            "missed": missed,
+            "accepted_rate": round(total / accepted_s, 1),
+            "end_to_end_s": round(end_to_end_s, 2),
+            "clients": size.sightings_clients,
+            "warmup_sightings": len(range(max(1, round(size.sightings_warmup_total / BATCH)))) * BATCH,
+            "watch_list_entries_made_s": round(listed_s, 1),
+            "statuses": dict(statuses),
+            **measured.as_dict(),
+        },
+    }
+
+
+# --- 5. registry at city scale ------------------------------------------------------------------------------
+async def import_(env: BenchEnv, watch: Watch, size: Size) -> dict:
+    """A generated CSV of persons (1 to 5 per household, 15% floating) streamed to `POST /v1/imports`, as
+    `jinshui import` sends it: rows per second; then household cards read one at a time through the gateway."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.registry_scale import make_csv
+
+    assert env.http is not None and env.root is not None
+    await env.wait_quiet(timeout=size.drain_timeout)
+    # A city district of its own: one beat over 11 grids, set up as a community admin does.
+    admin_json = env.auth("community_admin", "bench-importer")
+    grids = [f"CG{g:02d}" for g in range(1, 12)]
+    for path, body in [
+        ("/v1/beats", {"code": "CITY", "name": "城区警格"}),
+        *[("/v1/grids", {"code": g, "name": f"城区{g}网格", "beat": "CITY"}) for g in grids],
+    ]:
+        made = await env.http.post(path, json=body, headers=admin_json)
+        if made.status_code not in (201, 409):
+            raise RuntimeError(f"{path}: HTTP {made.status_code} {made.text[:300]}")
+    csv = Path(tempfile.mkdtemp(dir=env.root)) / "persons.csv"
+    households = await asyncio.to_thread(make_csv, csv, size.import_rows, grids=grids)
+    admin = env.auth("community_admin", "bench-importer") | {"Content-Type": "text/csv"}
+
+    async def blocks():
+        with csv.open("rb") as f:
+            while block := f.read(256 * 1024):
+                yield block
+
+    async with watch.load("import"):
+        window = watch.begin()
+        t0 = time.perf_counter()
+        r = await env.http.post("/v1/imports", content=blocks(), headers=admin, timeout=3600)
+        took = time.perf_counter() - t0
+        measured = watch.end(window)
+    if r.status_code != 200:
+        raise RuntimeError(f"import: HTTP {r.status_code} {r.text[:500]}")
+    summary = orjson.loads(r.content.splitlines()[0])
+    codes = [c for c in (await _household_codes(env)) if c]
+    rng = random.Random(11)
+    times: list[float] = []
+    statuses: Counter[str] = Counter()
+    for i, code in enumerate(rng.choices(codes, k=size.import_cards + 50)):
+        t = time.perf_counter()
+        got = await env.http.get(f"/v1/households/{code}", headers=env.auth("police", f"bench-card-{i % 64}"))
+        if i >= 50:  # the first 50 warm up
+            times.append(time.perf_counter() - t)
+            statuses[str(got.status_code)] += 1
+    problems = []
+    if summary["rejected"] or summary["applied"] != size.import_rows:
+        first = r.content.splitlines()[1:4]
+        problems.append(f"not every row was applied: {summary}; first rejections: {first}")
+    if set(statuses) - {"200"}:
+        problems.append(f"household card answers {dict(statuses)}")
+    return {
+        "figure": round(size.import_rows / took, 1),
+        "unit": "rows/s",
+        "problems": problems,
+        "figures": {"card_p50_ms": _ms(percentile(times, 50)), "card_p99_ms": _ms(percentile(times, 99))},
+        "details": {
+            "rows": size.import_rows,
+            "households_in_file": households,
+            "csv_mb": round(csv.stat().st_size / 1e6, 1),
+            "import_s": round(took, 1),
+            "summary": {k: v for k, v in summary.items() if k != "import_id"},
+            "households_registered": len(codes),
+            "cards_read": len(times),
+            "card_statuses": dict(statuses),
+            **measured.as_dict(),
+        },
+    }
+
+
+async def _household_codes(env: BenchEnv) -> list[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(env.database_url)
+    try:
+        return [r["code"] for r in await conn.fetch("SELECT code FROM registry.households")]
+    finally:
+        await conn.close()

@@ -16,13 +16,17 @@ import orjson
 RAISED = "org.jinshui.risk.alert.raised."
 # Called with (client, household code, arrival time from time.perf_counter()) for each alert raised.
 OnAlert = Callable[["DeskClient", str, float], None]
+OnRaised = Callable[["DeskClient", dict, float], None]
 
 
 class DeskClient:
     """One desk officer's alert stream (`GET /v1/alerts/stream`), counting what arrives."""
 
-    def __init__(self, url: str, token: str, *, on_alert: OnAlert, index: int = 0) -> None:
+    def __init__(
+        self, url: str, token: str, *, on_alert: OnAlert, index: int = 0, on_raised: OnRaised | None = None
+    ) -> None:
         self.url, self.token, self.on_alert, self.index = url, token, on_alert, index
+        self.on_raised = on_raised  # every raised alert's data, household or not (gate sightings have none)
         self.connected = asyncio.Event()
         self.closed = asyncio.Event()
         self.status: int | None = None
@@ -113,6 +117,8 @@ class DeskClient:
                     self.beats.add(data["beat"])
                 if data.get("household_code"):
                     self.on_alert(self, data["household_code"], now)
+                if self.on_raised is not None:
+                    self.on_raised(self, data, now)
                 return
             kind = event.get("type", "alert")
         if kind != "message":
