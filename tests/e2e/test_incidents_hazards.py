@@ -137,6 +137,16 @@ async def test_inspections_and_deadlines_only_for_hazards_and_only_ahead(desk):
     assert r.status_code == 200, r.text
     assert datetime.fromisoformat(r.json()["hazard"]["rectify_by"]) < chosen
     assert [t["what"] for t in r.json()["timeline"]] == ["opened", "deadline_set", "deadline_set"]
+    rectify_by = datetime.fromisoformat(r.json()["hazard"]["rectify_by"])
+    pause = {"waiting_on": "物业公司", "reason": "等物业安排清运"}
+    r = await desk.http.post(f"/v1/incidents/{incident_id}/pause", json=pause, headers=desk.auth("community_admin"))
+    assert r.status_code == 200 and r.json()["paused"]["deadlines"], r.text
+    r = await desk.http.post(
+        f"/v1/incidents/{incident_id}/resume", json={"reason": "物业已回复"}, headers=desk.auth("community_admin")
+    )
+    assert r.status_code == 200, r.text
+    moved = datetime.fromisoformat(r.json()["hazard"]["rectify_by"]) - rectify_by
+    assert moved == timedelta(seconds=r.json()["paused_seconds"]) > timedelta(0), "the pause moved the deadline"
 
 
 async def test_rule_5_a_hazard_past_its_deadline_while_incidents_is_down_raises_an_escalation_alert(stack, service_env):

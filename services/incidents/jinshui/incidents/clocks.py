@@ -98,9 +98,8 @@ async def resume(
     paused = max(at - row["paused_at"], timedelta(0))
     for t in row["paused_timers"] or []:
         payload = dict(t["payload"])
-        for key in ("due_at", "deadline"):  # the deadline itself, as the events carry it
-            if key in payload:
-                payload[key] = _shift(payload[key], paused)
+        key = "deadline" if t["kind"] == rules.RECTIFICATION_TIMER else "due_at"  # the deadline the events carry
+        payload[key] = _shift(payload[key], paused)
         await timers.schedule(
             conn, kind=t["kind"], ref=t["ref"], due_at=datetime.fromisoformat(t["due_at"]) + paused, payload=payload
         )
