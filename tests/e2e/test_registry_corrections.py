@@ -33,6 +33,8 @@ async def test_a_visit_is_corrected_by_its_author_and_voided_by_an_admin_keeping
     bad = {**fix, "changes": {"visited_at": (datetime.now(UTC) + timedelta(days=2)).isoformat()}}
     assert (await _refused(registry, "/v1/corrections", bad, 422))["errors"][0]["reason"] == "is in the future"
     assert (await _refused(registry, "/v1/corrections", {**fix, "id": "no-such"}, 404))["detail"] == "no visit no-such"
+    nul = {"kind": "letting", "id": "a\x00b", "reason": "x"}
+    assert "cannot be stored" in (await _refused(registry, "/v1/voids", nul, 422))["detail"]
 
     done = await registry.ok("POST", "/v1/corrections", json=fix, headers=registry.auth("grid_worker", "gw-1"))
     assert (done["before"], done["after"]) == ({"people_present": 1}, {"people_present": 3})

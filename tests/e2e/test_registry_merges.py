@@ -90,6 +90,8 @@ async def test_two_person_records_found_to_be_one_are_merged_keeping_both_histor
     assert [t["tag"] for t in kept["tags"]] == ["disabled"]
     gone = await registry.ok("GET", f"/v1/persons/{dup}", role="community_admin")
     assert gone["merged_into"] == keep
+    found = await registry.ok("POST", "/v1/persons/search", role="police", json={"name_prefix": "张伟"})
+    assert [p["person_id"] for p in found["persons"]] == [keep], "search finds the one record"
     for code in (a, b):
         versions = (await registry.ok("GET", f"/v1/households/{code}/history"))["versions"]
         assert (versions[-1]["entity"], versions[-1]["action"], versions[-1]["data"]["kept"]) == (

@@ -5,10 +5,14 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import asyncpg
+from fastapi import Request
+
 from jinshui.contracts import registry as contracts
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
+from jinshui.kit.problems import problem_response
 from jinshui.registry import api, areas, handlers, tags, units, upkeep
 from jinshui.registry.settings import RegistrySettings
 
@@ -63,8 +67,16 @@ def build(settings: RegistrySettings | None = None) -> Service:
     )
     svc.timer(handlers.EXPIRY, handlers.residency_expired)
     svc.timer(tags.UNTIL, tags.until_passed)
+    for unstorable in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        svc.app.add_exception_handler(unstorable, _unstorable)
     svc.app.include_router(areas.router)
     svc.app.include_router(api.router)
     svc.app.include_router(units.router)
     svc.app.include_router(upkeep.router)
     return svc
+
+
+async def _unstorable(request: Request, exc: Exception):
+    """Text PostgreSQL cannot store (a NUL character): refused, and the transaction it was in rolled back."""
+    reason = "a text holds a character that cannot be stored (NUL)"
+    return problem_response(422, reason, instance=request.url.path, type="validation-error")

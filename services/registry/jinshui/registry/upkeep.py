@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from jinshui.contracts.base import AreaCode, HouseholdCode
 from jinshui.contracts.registry import (
@@ -47,7 +47,7 @@ class Body(BaseModel):
 
 # --- corrections and voids -------------------------------------------------------------------------------------
 class VisitChanges(Body):
-    visited_at: datetime | None = None
+    visited_at: AwareDatetime | None = None
     concerns: list[VisitConcern] | None = None
     people_present: int | None = Field(default=None, ge=0, le=100)
     follow_up_requested: bool | None = None
@@ -56,9 +56,9 @@ class VisitChanges(Body):
 
 class ResidencyChanges(Body):
     kind: ResidencyKind | None = None
-    arrived_at: datetime | None = None
-    expected_end: datetime | None = None
-    departed_at: datetime | None = None
+    arrived_at: AwareDatetime | None = None
+    expected_end: AwareDatetime | None = None
+    departed_at: AwareDatetime | None = None
 
 
 class LettingChanges(Body):

@@ -75,7 +75,7 @@ async def search_persons(
     limit: int,
     scope=None,
 ) -> list[asyncpg.Record]:
-    where, args = [], []
+    where, args = ["p.merged_into IS NULL"], []
     if scope is not None and not scope.everything:
         args.extend([list(scope.grids), list(scope.beats)])
         where.append("(h.grid = ANY($1::text[]) OR h.beat = ANY($2::text[]))")
