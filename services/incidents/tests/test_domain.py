@@ -127,3 +127,17 @@ def test_every_state_but_closed_can_move_on_and_every_target_has_its_movers():
         assert all(rules.MOVERS[m] for m in moves)
     assert S.closed not in rules.MOVES[S.reported]
     assert rules.MOVES[S.closed] == (S.reopened,)
+
+
+def test_a_hazard_s_default_rectification_deadline_counts_working_days_per_category():
+    start = datetime(2026, 9, 29, 2, 0, tzinfo=UTC)  # Tuesday 10:00 in Shanghai, before the National Day week
+    assert rules.rectification_due("blocked_fire_lane", start).astimezone(workdays.CHINA).date() == date(2026, 9, 30)
+    # Three working days: 30 September, then 8 and 9 October (1–7 October are holidays).
+    assert rules.rectification_due("falling_tiles", start).astimezone(workdays.CHINA).date() == date(2026, 10, 9)
+    assert rules.rectification_due("unheard_of", start) == rules.rectification_due("other", start)
+
+
+def test_an_extension_adds_calendar_days_to_police_deadlines_and_working_days_to_mediation():
+    due = datetime(2026, 9, 30, 2, 0, tzinfo=UTC)
+    assert rules.extended("police:dispute", due, 2) == due + timedelta(days=2)
+    assert rules.extended("report:dispute", due, 1).astimezone(workdays.CHINA).date() == date(2026, 10, 8)

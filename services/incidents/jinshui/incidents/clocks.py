@@ -55,7 +55,12 @@ async def pause(
             waiting_on=row["paused_waiting_on"],
         )
     taken = await conn.fetch(
-        """DELETE FROM timers WHERE kind = ANY($1::text[]) AND payload->>'incident_id' = $2 AND fired_at IS NULL
+        # A timer the timer loop holds is firing now (it was due before the pause): it is left to fire, and
+        # waiting for it here could deadlock with its handler, which locks this incident.
+        """DELETE FROM timers WHERE (kind, ref) IN (
+               SELECT kind, ref FROM timers
+               WHERE kind = ANY($1::text[]) AND payload->>'incident_id' = $2 AND fired_at IS NULL
+               FOR UPDATE SKIP LOCKED)
            RETURNING kind, ref, due_at, payload""",
         list(rules.INCIDENT_TIMERS),
         row["id"],
