@@ -71,6 +71,11 @@ async def test_two_person_records_found_to_be_one_are_merged_keeping_both_histor
         "/v1/tags",
         {"tags": [{"tag": "disabled", "person": {"person_id": dup}, "since": "2020-01-01", "reason": "x"}]},
     )
+    met = [{"household_code": b, "visited_at": at(1), "persons_present": [dup, "nobody"]}]
+    outcome = (await submit(registry, "/v1/visits", {"visits": met}))["outcomes"][0]
+    assert outcome["reason"] == "persons_present[1] is not a registered person"
+    met[0]["persons_present"] = [dup]
+    visit_id = (await submit(registry, "/v1/visits", {"visits": met}))["outcomes"][0]["ref"]
     body = {"keep": keep, "merge": dup, "reason": "同一人，身份证号录错"}
 
     assert (await _refused(registry, "POST", "/v1/persons/merge", body, 403, role="grid_worker"))["status"] == 403
@@ -83,6 +88,9 @@ async def test_two_person_records_found_to_be_one_are_merged_keeping_both_histor
     assert (await submit(registry, "/v1/residents/departures", {"departures": [leave]}))["status"] == "applied"
     merged = await registry.ok("POST", "/v1/persons/merge", json=body)
     assert len(merged["residencies"]) == 1 and len(merged["tags"]) == 1
+    assert merged["visits"] == [visit_id]
+    [visit] = (await registry.ok("GET", f"/v1/households/{b}"))["visits"]
+    assert visit["persons_present"] == [keep], "the people a visit met move to the kept record"
     assert "already merged" in (await _refused(registry, "POST", "/v1/persons/merge", body, 409))["detail"]
 
     kept = await registry.ok("GET", f"/v1/persons/{keep}", role="police")

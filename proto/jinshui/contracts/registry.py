@@ -59,6 +59,9 @@ class VisitRecord(Contract):
     visited_at: datetime
     concerns: list[VisitConcern] = Field(default_factory=list, max_length=4)
     people_present: int = Field(default=0, ge=0, le=100)
+    persons_present: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=50, description="registry ids of the registered persons met"
+    )
     follow_up_requested: bool = False
     note: str = Field(default="", max_length=2000)
 
@@ -578,6 +581,7 @@ class PersonsMerged(Contract):
     residencies: list[str]
     tags: list[str]
     lettings: list[str]
+    visits: list[str] = Field(default_factory=list, description="visits that met the merged record")
     reason: str
     merged_by: str
     merged_at: datetime

@@ -190,6 +190,7 @@ class PersonMergeOut(BaseModel):
     residencies: list[str]
     tags: list[str]
     lettings: list[str]
+    visits: list[str] = Field(description="visits that met the merged record, now the kept one")
 
 
 @router.post(
@@ -212,7 +213,8 @@ async def record_death(
     "/persons/merge",
     response_model=PersonMergeOut,
     summary="Merge two person records found to be one",
-    description="Residencies, tags and tenancies move to the kept record; the merged one points to it.",
+    description="Residencies, tags, tenancies and visits' persons present move to the kept record; the merged "
+    "one points to it.",
 )
 async def merge_persons(
     body: PersonMergeIn,

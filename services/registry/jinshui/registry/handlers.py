@@ -76,6 +76,13 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
         )
     }
     latest_allowed = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
+    named = sorted({p for r in batch.records for p in r.persons_present})
+    persons = {
+        r["id"]: r["kept"]
+        for r in await conn.fetch(
+            "SELECT id, coalesce(merged_into, id) AS kept FROM persons WHERE id = ANY($1::text[])", named
+        )
+    }
     outcomes: list[RecordOutcome] = []
     rows, events, versions = [], [], []
     for index, record in enumerate(batch.records):
@@ -92,6 +99,11 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
             reason = f"visited_at {record.visited_at.isoformat()} is in the future"
             outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.rejected, reason=reason))
             continue
+        unknown = [i for i, p in enumerate(record.persons_present) if p not in persons]
+        if unknown:
+            reason = f"persons_present[{unknown[0]}] is not a registered person"
+            outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.rejected, reason=reason))
+            continue
         visit_id = derived_id("visit", batch.submission_id, str(index))
         rows.append(
             (
@@ -101,6 +113,7 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
                 record.visited_at,
                 [c.value for c in record.concerns],
                 record.people_present,
+                sorted({persons[p] for p in record.persons_present}),
                 record.follow_up_requested,
                 record.note,
                 batch.submission_id,
@@ -137,8 +150,9 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
     if rows:
         await conn.executemany(
             """INSERT INTO visits (id, household_code, grid_worker, visited_at, concerns, people_present,
-                                   follow_up_requested, note, submission_id, record_index, recorded_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING""",
+                                   persons_present, follow_up_requested, note, submission_id, record_index,
+                                   recorded_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING""",
             rows,
         )
         await conn.executemany(

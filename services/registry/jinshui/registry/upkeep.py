@@ -521,6 +521,13 @@ async def merge_persons(body: PersonMerge, pool: PoolDep, caller: CallerDep, svc
             body.merge,
         )
         await conn.execute("DELETE FROM letting_tenants WHERE person_id = $1", body.merge)
+        visits = await conn.fetch(
+            """UPDATE visits SET persons_present = array_remove(persons_present, $2)
+                   || CASE WHEN $1 = ANY(persons_present) THEN '{}'::text[] ELSE ARRAY[$1] END
+               WHERE $2 = ANY(persons_present) RETURNING id""",
+            body.keep,
+            body.merge,
+        )
         await conn.execute(
             """UPDATE persons k SET phone = coalesce(k.phone, m.phone),
                       phone_hash = coalesce(k.phone_hash, m.phone_hash),
@@ -540,6 +547,7 @@ async def merge_persons(body: PersonMerge, pool: PoolDep, caller: CallerDep, svc
             residencies=sorted(r["id"] for r in moved),
             tags=sorted(r["id"] for r in moved_tags),
             lettings=sorted(r["letting_id"] for r in lettings),
+            visits=sorted(r["id"] for r in visits),
             reason=body.reason,
             merged_by=caller.sub,
             merged_at=now,
@@ -570,6 +578,7 @@ async def merge_persons(body: PersonMerge, pool: PoolDep, caller: CallerDep, svc
         "residencies": data.residencies,
         "tags": data.tags,
         "lettings": data.lettings,
+        "visits": data.visits,
     }
 
 

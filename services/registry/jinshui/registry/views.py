@@ -34,7 +34,8 @@ async def residents(conn, code: str) -> list[asyncpg.Record]:
 
 async def last_visits(conn, code: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        """SELECT id AS visit_id, grid_worker, visited_at, concerns, people_present, follow_up_requested
+        """SELECT id AS visit_id, grid_worker, visited_at, concerns, people_present, persons_present,
+                  follow_up_requested
            FROM visits WHERE household_code = $1 AND voided_at IS NULL ORDER BY visited_at DESC LIMIT $2""",
         code,
         LAST_VISITS,
