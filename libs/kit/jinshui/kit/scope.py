@@ -47,12 +47,46 @@ async def scope_of(conn: asyncpg.Connection | asyncpg.Pool, caller: Identity) ->
     if caller.role not in SCOPED_ROLES:
         return None
     rows = await conn.fetch("SELECT role, area FROM scope_assignments WHERE person = $1 AND active", caller.sub)
-    if not rows:
+    return _scope([(r["role"], r["area"]) for r in rows])
+
+
+def _scope(assignments: list[tuple[str, str]]) -> Scope | None:
+    if not assignments:
         return None
     return Scope(
-        grids=sorted({r["area"] for r in rows if r["role"] == "grid_worker"}),
-        beats=sorted({r["area"] for r in rows if r["role"] == "officer"}),
+        grids=sorted({area for role, area in assignments if role == "grid_worker"}),
+        beats=sorted({area for role, area in assignments if role == "officer"}),
     )
+
+
+class Book:
+    """The same copy kept in memory, for a process without a database (the gateway's alert feed): fed the
+    `registry.assignment.changed` events in stream order, it answers scope_of at once, current to the last event."""
+
+    def __init__(self) -> None:
+        self._assignments: dict[str, AssignmentChanged] = {}
+        self._by_person: dict[str, Scope | None] = {}
+
+    def apply(self, event: CloudEvent) -> None:
+        a = AssignmentChanged.model_validate(event.data)
+        known = self._assignments.get(a.assignment_id)
+        if known is not None and known.at > a.at:
+            return  # a later change wins, as in keep()
+        self._assignments[a.assignment_id] = a
+        self._by_person.pop(a.person, None)
+
+    def scope_of(self, caller: Identity) -> Scope | None:
+        if caller.role not in SCOPED_ROLES:
+            return None
+        if caller.sub not in self._by_person:
+            self._by_person[caller.sub] = _scope(
+                [
+                    (a.role.value, a.area)
+                    for a in self._assignments.values()
+                    if a.person == caller.sub and a.change == "assigned"
+                ]
+            )
+        return self._by_person[caller.sub]
 
 
 def sql(scope: Scope | None, *, first_param: int, grid: str = "grid", beat: str = "beat") -> tuple[str, list]:

@@ -137,7 +137,7 @@ async def alert_stream(
             raise Problem(400, "Last-Event-ID must be an event id this feed sent (a number)")
         after = int(last_event_id)
     return StreamingResponse(
-        feed.events(after),
+        feed.events(after, scope=lambda: feed.book.scope_of(caller)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

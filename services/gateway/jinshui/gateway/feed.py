@@ -1,4 +1,9 @@
-"""The alert feed: one ordered consumer per gateway process feeding a ring buffer; SSE ids are stream sequences."""
+"""The alert feed: one ordered consumer per gateway process feeding a ring buffer; SSE ids are stream sequences.
+
+Each client sees only the alerts of its scope (an officer their beat, a grid worker their grids; see kit.scope),
+from an in-memory copy of the registry's assignments that a second ordered consumer keeps current: an assignment
+made or ended applies to connected clients from the next alert on.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from jinshui.contracts import streams
+from jinshui.contracts.envelope import CloudEvent
 from jinshui.contracts.streams import Naming
+from jinshui.kit import scope as scopes
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +31,19 @@ class FeedItem:
     seq: int
     subject: str
     data: bytes
+    grid: str | None = None
+    beat: str | None = None
+
+    @classmethod
+    def of(cls, msg) -> FeedItem:
+        try:
+            data = orjson.loads(msg.data).get("data") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            data = {}
+        return cls(msg.metadata.sequence.stream, msg.subject, msg.data, data.get("grid"), data.get("beat"))
+
+    def admitted(self, scope: scopes.Scope | None) -> bool:
+        return scopes.admits(scope, grid=self.grid, beat=self.beat)
 
 
 class _Client:
@@ -38,10 +59,14 @@ class AlertFeed:
         self.client_queue, self.heartbeat = client_queue, heartbeat
         self._clients: set[_Client] = set()
         self._sub = None
+        self._assignments_sub = None
         self.stream = naming.stream(streams.RISK)
         self.subject = naming.subject("risk.alert.>")
+        self.book = scopes.Book()
+        self.book_ready = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, *, book_within: float = 30.0) -> None:
+        await self._follow_assignments(book_within)
         info = await self.js.stream_info(self.stream)
         start = max(1, info.state.last_seq - self.buffer.maxlen + 1)
         self._sub = await self.js.subscribe(
@@ -52,13 +77,36 @@ class AlertFeed:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
         )
 
+    async def _follow_assignments(self, within: float) -> None:
+        """Read every assignment event so far (then follow the new ones) before serving a scoped client."""
+
+        async def on_assignment(msg) -> None:
+            try:
+                self.book.apply(CloudEvent.model_validate_json(msg.data))
+            except Exception:  # a malformed event must not stop the feed; it narrows no one
+                log.exception("an assignment event the feed cannot read (seq %s)", msg.metadata.sequence.stream)
+            if msg.metadata.num_pending == 0:
+                self.book_ready.set()
+
+        self._assignments_sub = await self.js.subscribe(
+            self.naming.subject("registry.assignment.>"),  # registry.assignment.changed[.<area>]
+            stream=self.naming.stream(streams.REGISTRY),
+            ordered_consumer=True,
+            cb=on_assignment,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        if (await self._assignments_sub.consumer_info()).num_pending == 0:
+            self.book_ready.set()
+        await asyncio.wait_for(self.book_ready.wait(), within)
+
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in (self._sub, self._assignments_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _on_msg(self, msg) -> None:
-        item = FeedItem(seq=msg.metadata.sequence.stream, subject=msg.subject, data=msg.data)
+        item = FeedItem.of(msg)
         if self.buffer and item.seq <= self.buffer[-1].seq:
             return
         self.buffer.append(item)
@@ -83,18 +131,21 @@ class AlertFeed:
                     msg = await sub.next_msg(timeout=2)
                 except Exception:
                     return
-                seq = msg.metadata.sequence.stream
-                if seq >= until:
+                item = FeedItem.of(msg)
+                if item.seq >= until:
                     return
-                yield FeedItem(seq=seq, subject=msg.subject, data=msg.data)
+                yield item
                 if msg.metadata.num_pending == 0:
                     return
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def events(self, last_event_id: int | None) -> AsyncIterator[str]:
-        """SSE text: what came after `last_event_id` (from the buffer, or the stream), then live alerts."""
+    async def events(
+        self, last_event_id: int | None, scope: Callable[[], scopes.Scope | None] = lambda: None
+    ) -> AsyncIterator[str]:
+        """SSE text: what came after `last_event_id` (from the buffer, or the stream), then live alerts; only those
+        `scope()` (asked again for each alert, so that a new assignment applies at once) admits."""
         client = _Client(self.client_queue)
         self._clients.add(client)
         try:
@@ -108,11 +159,13 @@ class AlertFeed:
                 if oldest_buffered is None or last_event_id + 1 < oldest_buffered:
                     async for item in self._replay(last_event_id, oldest_buffered or 2**63):
                         sent = item.seq
-                        yield _sse(item.seq, "alert", item.data)
+                        if item.admitted(scope()):
+                            yield _sse(item.seq, "alert", item.data)
                 for item in buffered:
                     if item.seq > sent:
                         sent = item.seq
-                        yield _sse(item.seq, "alert", item.data)
+                        if item.admitted(scope()):
+                            yield _sse(item.seq, "alert", item.data)
             yield ": connected\n\n"
             while True:
                 try:
@@ -124,7 +177,8 @@ class AlertFeed:
                     continue
                 if item.seq > sent:
                     sent = item.seq
-                    yield _sse(item.seq, "alert", item.data)
+                    if item.admitted(scope()):
+                        yield _sse(item.seq, "alert", item.data)
                 if client.overflowed and client.queue.empty():
                     break
             if client.overflowed:
