@@ -119,11 +119,22 @@ async def test_backup_destroy_restore_gives_back_every_row_message_and_outcome(
         # Holes: the first intake message and the last dead letters deleted (as a replay deletes them).
         intake, dlq = f"{stream_prefix.upper()}_INTAKE", f"{stream_prefix.upper()}_DLQ"
         await js.delete_msg(intake, (await js.stream_info(intake)).state.first_seq)
+        # Two stored messages with one Nats-Msg-Id (published further apart than the duplicate window).
+        config = (await js.stream_info(dlq)).config
+        await js.update_stream(config.evolve(duplicate_window=0.1))
+        same = {"Nats-Msg-Id": "drill-same-id"}
+        await js.publish(naming.subject("dlq.drill-twice"), b"1", headers=same)
+
+        async def stored_again():
+            return not (await js.publish(naming.subject("dlq.drill-twice"), b"2", headers=same)).duplicate
+
+        await eventually(stored_again, what="the same id stored again after the window")
+        await js.update_stream(config)
         dead = [await js.publish(naming.subject(f"dlq.drill-{i}"), b"{}") for i in range(3)]
         for ack in dead[1:]:
             await js.delete_msg(dlq, ack.seq)
         before_tables, before_streams = await tables(database_url), await streams(js, naming)
-        assert before_streams[intake]["first_seq"] == 2 and before_streams[dlq]["messages"] == 1
+        assert before_streams[intake]["first_seq"] == 2 and before_streams[dlq]["messages"] == 3
         assert before_streams[dlq]["last_seq"] == dead[-1].seq
         assert sum(len(rows) for rows in before_tables.values()) > 50
         assert len(before_streams) >= 7 and all(v["messages"] for k, v in before_streams.items() if "RISK" in k)

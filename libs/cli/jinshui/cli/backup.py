@@ -56,6 +56,7 @@ STREAMS_DIR = "streams"
 GAP_TOKEN = "_jinshui_restore_gap"
 FETCH = 1000
 LOADING_WINDOW = 0.1  # the least nats-server accepts
+PUBLISH_WINDOW = 256  # messages in flight while restoring a stream
 # Kept out of republished messages: they are the original publisher's conditions, not part of the message.
 _CONDITION_HEADERS = ("Nats-Expected-",)
 
@@ -260,31 +261,51 @@ async def load_stream(js: JetStreamContext, path: Path) -> dict[str, int]:
         loading = config.evolve(first_seq=first if first > 1 else config.first_seq, duplicate_window=LOADING_WINDOW)
         await js.add_stream(loading)
         gap = _gap_subject(config.subjects or [])
-        seq = max(first, 1) - 1
+        seq = max(first, 1) - 1  # the sequence the last queued message will get
         placeholders = 0
+        window: list[tuple[int, str, bytes, dict[str, str] | None]] = []
+        seen_ids: set[str] = set()
+
+        async def flush() -> None:
+            # Published in order on one connection, so stored in order; each ack is checked against it.
+            acks = await asyncio.gather(*(js.publish(s, d, headers=h, timeout=30) for _, s, d, h in window))
+            for (expected, subject, _, _), ack in zip(window, acks, strict=True):
+                if ack.duplicate or ack.seq != expected:
+                    raise opsconn.OpsError(
+                        f"stream {name}: message {expected} ({subject}) was "
+                        + ("dropped as a duplicate" if ack.duplicate else f"stored as {ack.seq}")
+                    )
+            window.clear()
+
+        async def queue(subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+            nonlocal seq
+            msg_id = (headers or {}).get("Nats-Msg-Id")
+            if msg_id is not None and msg_id in seen_ids:
+                # Stored twice with one id (published further apart than the window): wait the window out.
+                await flush()
+                await asyncio.sleep(LOADING_WINDOW * 1.5)
+            elif msg_id is not None:
+                seen_ids.add(msg_id)
+            seq += 1
+            window.append((seq, subject, data, headers))
+            if len(window) >= PUBLISH_WINDOW:
+                await flush()
 
         async def fill_to(target: int) -> None:
-            nonlocal seq, placeholders
+            nonlocal placeholders
             if seq < target and gap is None:
                 raise opsconn.OpsError(f"stream {name} has gaps and no wildcard subject to fill them with")
             while seq < target:
-                ack = await js.publish(gap, b"", timeout=10)
-                seq = ack.seq
+                await queue(gap, b"", None)
                 placeholders += 1
 
         for line in f:
             m = json.loads(line)
             await fill_to(m["seq"] - 1)
             headers = {k: v for k, v in (m["headers"] or {}).items() if not k.startswith(_CONDITION_HEADERS)}
-            data = base64.b64decode(m["data"])
-            ack = await js.publish(m["subject"], data, headers=headers or None, timeout=10)
-            while ack.duplicate:
-                await asyncio.sleep(LOADING_WINDOW * 1.1)
-                ack = await js.publish(m["subject"], data, headers=headers or None, timeout=10)
-            if ack.seq != m["seq"]:
-                raise opsconn.OpsError(f"stream {name}: message {m['seq']} was stored as {ack.seq}")
-            seq = ack.seq
+            await queue(m["subject"], base64.b64decode(m["data"]), headers or None)
         await fill_to(int(state["last_seq"]))
+        await flush()
         if placeholders:
             await js.purge_stream(name, subject=gap)
         await js.update_stream(config.evolve(first_seq=loading.first_seq, duplicate_window=wanted_window))
