@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import nats
+import psutil
 from nats.js.errors import NotFoundError
 
 from jinshui.contracts.streams import Naming
@@ -207,3 +208,19 @@ async def _caught_up(js, names: list[str]) -> bool:
 async def _alerts(js, stream: str, n: int) -> bool:
     info = await js.stream_info(stream)
     return info.state.messages >= n
+
+
+async def test_with_nothing_running_the_home_servers_run_for_the_backup_and_restore_refuses_a_running_up(tmp_path):
+    home = tmp_path / "home"
+    (home / "nats").mkdir(parents=True)
+    (home / "pg").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "JINSHUI_STREAM_PREFIX")}
+    rc, _, err = await jinshui(env, "backup", str(tmp_path / "bk"), "--home", str(home))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "bk" / "manifest.json").read_text())["streams"] == {}
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], "the servers started for the backup are stopped after it"
+
+    (home / "run.json").write_text(json.dumps({"services": {}, "nats": {}, "postgres": {}}))
+    rc, _, err = await jinshui(env, "restore", str(tmp_path / "bk"), "--home", str(home))
+    assert rc == 1 and "jinshui up is running" in err
