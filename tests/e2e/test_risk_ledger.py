@@ -123,6 +123,8 @@ async def test_a_tag_opens_a_ledger_entry_visits_follow_it_up_and_two_signatures
     assert r.status_code == 409 and "two different people" in r.json()["detail"]
     r = await c.http.post(close, json={}, headers=c.auth("community_admin", "admin-1"))
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and "reason" in r.text
+    r = await c.http.post(close, json={"reason": "a\x00b"}, headers=c.auth("community_admin", "admin-1"))
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
     r = await c.http.post(close, json={"reason": "x"}, headers=c.auth("grid_worker", "gw-3"))
     assert r.status_code == 403
     assert (await c.get(f"/v1/ledger/{entry['id']}", "police"))["status"] == "open", "one signature closes nothing"
@@ -256,6 +258,11 @@ async def test_profiles_show_the_score_its_factors_and_decay(community):
     home = await c.get(f"/v1/profiles/households/{c.household}", "community_admin")
     assert 9.9 < home["score"] <= 10 and home["level"] == "LOW"
     assert home["factors"][0]["events"][0]["type"] == "org.jinshui.incidents.incident.opened.v1"
+    building = await c.get("/v1/profiles/addresses/金水小区3-2", "police")
+    scores = {h["code"]: h["score"] for h in building["households"]}
+    assert scores[c.other] == 0 and 9.9 < scores[c.household] <= 10 and building["score"] == home["score"]
+    r = await c.http.get("/v1/profiles/addresses/银水小区", headers=c.auth("police"))
+    assert r.status_code == 404
 
     c.advance(20)  # police call halves every 30 days, the tag every 90: 10*0.5^(2/3) + 20*0.5^(2/9)
     p = await c.get(f"/v1/profiles/persons/{person}", "police")

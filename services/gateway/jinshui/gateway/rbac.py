@@ -99,6 +99,7 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/ledger/{entry_id}/close"): ("police", "community_admin"),
     ("GET", "/v1/profiles/persons/{person_hash}"): ("police", "community_admin", "grid_worker"),
     ("GET", "/v1/profiles/households/{code}"): ("police", "community_admin", "grid_worker"),
+    ("GET", "/v1/profiles/addresses/{address}"): ("police", "community_admin", "grid_worker"),
     ("GET", "/v1/ops/status"): ("ops",),
     **INCIDENT_ROLES,
 }

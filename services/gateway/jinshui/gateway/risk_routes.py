@@ -276,7 +276,7 @@ class LedgerEntryDetail(LedgerEntry):
 
 class Signature(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")
 
 
 @router.get("/ledger", response_model=LedgerEntries, summary="List the close-out ledger (销号式管理台账)")
@@ -401,3 +401,33 @@ async def household_profile(
 ):
     """Current score and level, factors, history, the household's recent alerts and open tasks."""
     return await _to_risk(request, svc, caller, f"/v1/profiles/households/{code}")
+
+
+class AddressHousehold(BaseModel):
+    code: str
+    address: str | None = None
+    grid: str
+    beat: str
+    score: float
+    level: Literal["NONE", "LOW", "MEDIUM", "HIGH"]
+
+
+class AddressProfile(BaseModel):
+    address: str
+    score: float
+    level: Literal["NONE", "LOW", "MEDIUM", "HIGH"]
+    factors: list[ScoreFactor]
+    history: list[ScoreChange]
+    households: list[AddressHousehold]
+
+
+@router.get("/profiles/addresses/{address}", response_model=AddressProfile, summary="An address's risk profile")
+async def address_profile(
+    address: str,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/profiles/addresses/{address}")],
+):
+    """The households at the address or under it (a building holds its flats): their scores summed, the factors
+    and history together, and each household's own score."""
+    return await _to_risk(request, svc, caller, f"/v1/profiles/addresses/{address}")

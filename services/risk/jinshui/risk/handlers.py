@@ -35,6 +35,8 @@ async def on_event(
         await windows.keep_visit(conn, event)
     if event.type in (TAG_SET, TAG_ENDED):
         await keep_tags(conn, event)
+    if event.type == TAG_ENDED:
+        await ledger.tag_ended(conn, event)
     if event.type in (windows.HOUSEHOLD_REGISTERED, windows.HOUSEHOLDS_IMPORTED):
         await windows.keep_households(conn, event)
     elif event.type == windows.COVERAGE_CHANGED:

@@ -119,6 +119,17 @@ async def moved(conn: asyncpg.Connection, event: CloudEvent) -> None:
     )
 
 
+async def tag_ended(conn: asyncpg.Connection, event: CloudEvent) -> None:
+    """A key person's tag ended: noted on their open entries for the signers; closing still takes two signatures."""
+    d = event.data
+    if not d.get("id_hash"):
+        return
+    ids = await conn.fetch("SELECT id FROM ledger_entries WHERE person_hash = $1 AND status = 'open'", d["id_hash"])
+    for r in ids:
+        reason = f"tag {d['tag']} ended on {d['ended_on']}: {d['reason']}"
+        await _history(conn, r["id"], event.time, "tag_ended", d.get("ended_by"), reason, _evidence(event))
+
+
 async def review_due(conn: asyncpg.Connection, timer: timers.Timer, now: datetime) -> list[CloudEvent]:
     """Rule 6's window: no follow-up within the interval. The entry counts a miss and is due again one interval
     later; the `review_missed` event goes out and through the rules (a task; an alert when missed twice)."""

@@ -14,6 +14,15 @@ from jinshui.kit.problems import Problem
 from jinshui.risk import ledger, profiles
 
 router = APIRouter(prefix="/v1")
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text holds no NUL
+
+
+def _known(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise Problem(404, f"no {what} {value!r}")
+    return value
+
+
 LEDGER_COLUMNS = (
     "id, rule, person_hash, household_code, grid, beat, reason, interval_days, status, opened_at,"
     " last_follow_up_at, next_review_at, misses, closed_at, evidence, updated_at"
@@ -34,6 +43,10 @@ async def list_ledger(
     overdue: bool = Query(False, description="only open entries whose review is past due"),
     limit: int = Query(100, ge=1, le=500),
 ):
+    filters = {"rule": rule, "grid": grid, "beat": beat, "household_code": household_code, "person_hash": person_hash}
+    bad = [{"field": f"query.{k}", "reason": "holds a NUL character"} for k, v in filters.items() if v and "\x00" in v]
+    if bad:
+        raise Problem(422, "a filter holds a NUL character", errors=bad)
     in_scope, params = scope.sql(await scope.scope_of(pool, caller), first_param=10)
     rows = await pool.fetch(
         f"""SELECT {LEDGER_COLUMNS} FROM ledger_entries
@@ -58,6 +71,7 @@ async def list_ledger(
 
 @router.get("/ledger/{entry_id}")
 async def get_entry(entry_id: str, pool: PoolDep, caller: CallerDep):
+    _known(entry_id, "ledger entry")
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE id = $1", entry_id)
         if row is None or not scope.admits(await scope.scope_of(conn, caller), grid=row["grid"], beat=row["beat"]):
@@ -78,7 +92,7 @@ async def get_entry(entry_id: str, pool: PoolDep, caller: CallerDep):
 
 
 class CloseSignature(BaseModel):
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=NO_NUL)
 
 
 @router.post("/ledger/{entry_id}/close")
@@ -101,6 +115,7 @@ async def close_entry(entry_id: str, body: CloseSignature, svc: ServiceDep, pool
 
 @router.get("/profiles/persons/{person_hash}")
 async def person_profile(person_hash: str, svc: ServiceDep, pool: PoolDep, caller: CallerDep):
+    _known(person_hash, "person")
     sc = await scope.scope_of(pool, caller)
     in_scope, params = scope.sql(sc, first_param=2)
     rows = await pool.fetch(
@@ -132,6 +147,7 @@ async def person_profile(person_hash: str, svc: ServiceDep, pool: PoolDep, calle
 
 @router.get("/profiles/households/{code}")
 async def household_profile(code: str, svc: ServiceDep, pool: PoolDep, caller: CallerDep):
+    _known(code, "household")
     household = await pool.fetchrow(
         "SELECT code, address, grid, beat, last_visited_at FROM households WHERE code = $1", code
     )
@@ -155,4 +171,42 @@ async def household_profile(code: str, svc: ServiceDep, pool: PoolDep, caller: C
         **profiles.summarize(rows, svc.clock.now()),
         "alerts": [dict(a) for a in alerts],
         "open_tasks": [dict(t) for t in open_tasks],
+    }
+
+
+@router.get("/profiles/addresses/{address}")
+async def address_profile(address: str, svc: ServiceDep, pool: PoolDep, caller: CallerDep):
+    """The households at an address, or under it (a building, `金水小区3-2`, holds `金水小区3-2-501`): their scores
+    summed, factors and history together."""
+    _known(address, "address")
+    in_scope, params = scope.sql(await scope.scope_of(pool, caller), first_param=2)
+    pattern = address.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    households = await pool.fetch(
+        f"""SELECT code, address, grid, beat FROM households WHERE address LIKE $1 AND {in_scope}
+            ORDER BY address, code LIMIT 500""",
+        pattern,
+        *params,
+    )
+    if not households:
+        raise Problem(404, f"no household at or under {address!r} known to risk (or none in your scope)")
+    rows = await pool.fetch(
+        """SELECT * FROM score_factors WHERE subject_kind = 'household' AND subject_key = ANY($1::text[])
+           ORDER BY at, id""",
+        [h["code"] for h in households],
+    )
+    now = svc.clock.now()
+    per_household = {h["code"]: 0.0 for h in households}
+    for r in rows:
+        per_household[r["subject_key"]] += profiles.decayed(r["points"], r["half_life_days"], r["at"], now)
+    return {
+        "address": address,
+        **profiles.summarize(rows, now),
+        "households": [
+            {
+                **dict(h),
+                "score": round(per_household[h["code"]], 3),
+                "level": profiles.level_of(per_household[h["code"]]),
+            }
+            for h in households
+        ],
     }
