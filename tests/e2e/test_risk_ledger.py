@@ -59,10 +59,10 @@ class Community:
         }
         await self.settled("/v1/residents/arrivals", {"arrivals": [arrival]})
 
-    async def tag(self, number: str, tag: str) -> None:
+    async def tag(self, number: str, tag: str) -> str:
         since = str((self.now() - timedelta(days=1)).date())
         body = {"tags": [{"tag": tag, "person": {"id_number": number}, "since": since, "reason": "threats"}]}
-        await self.settled("/v1/tags", body, "community_admin", "admin-1")
+        return (await self.settled("/v1/tags", body, "community_admin", "admin-1"))["outcomes"][0]["ref"]
 
     async def visit(self, household: str) -> None:
         visit = {"household_code": household, "visited_at": self.now().isoformat()}
@@ -94,7 +94,7 @@ async def test_a_tag_opens_a_ledger_entry_visits_follow_it_up_and_two_signatures
     c = community
     wang = id_number("37050219750312123")
     await c.arrive(wang, "王某", c.household)
-    await c.tag(wang, "unstable_person")
+    tag_id = await c.tag(wang, "unstable_person")
     [entry] = await eventually(c.entries, what="the ledger entry opened by the tag")
     assert entry["status"] == "open" and entry["interval_days"] == 30 and entry["household_code"] == c.household
     opened = datetime.fromisoformat(entry["opened_at"])
@@ -113,6 +113,18 @@ async def test_a_tag_opens_a_ledger_entry_visits_follow_it_up_and_two_signatures
     assert detail["follow_ups"][0]["by"] == "gw-3"
     assert detail["follow_ups"][0]["evidence"][0]["type"] == "org.jinshui.registry.visit.recorded.v1"
     assert datetime.fromisoformat(detail["next_review_at"]) > opened + timedelta(days=30), "the review clock restarts"
+
+    ended_on = str(c.now().astimezone(SHANGHAI).date())
+    end = {"tags": [{"tag_id": tag_id, "ended_on": ended_on, "reason": "情绪稳定"}]}
+    await c.settled("/v1/tags/end", end, "community_admin", "admin-1")
+
+    async def noted():
+        d = await c.get(f"/v1/ledger/{entry['id']}", "police")
+        return [h for h in d["history"] if h["what"] == "tag_ended"]
+
+    [note] = await eventually(noted, what="the ended tag noted on the entry")
+    assert "情绪稳定" in note["reason"]
+    assert (await c.get(f"/v1/ledger/{entry['id']}", "police"))["status"] == "open", "an ended tag closes nothing"
 
     close = f"/v1/ledger/{entry['id']}/close"
     signed = await c.ok(close, {"reason": "稳定一年，无异常"}, c.auth("police", "officer-1"), 200)
@@ -165,6 +177,17 @@ async def test_a_missed_review_tasks_the_grid_worker_and_a_second_miss_alerts_th
     [raised] = await eventually(alert, timeout=30, what="the alert after the second miss")
     assert raised["level"] == "MEDIUM" and raised["beat"] == "B1" and entry["id"] in raised["explanation"]
     assert (await c.get(f"/v1/ledger/{entry['id']}", "police"))["misses"] == 2
+    [urgent] = await eventually(lambda: c.tasks("ledger-review-missed-twice"), what="the task with the alert")
+    assert urgent["alert_id"] == raised["id"] and len(await c.tasks("ledger-review-missed")) == 1
+
+    await c.visit(c.household)  # the follow-up: tasks done, the alert resolved, the count of misses back to 0
+
+    async def resolved():
+        return (await c.get(f"/v1/alerts/{raised['id']}", "police"))["status"] == "resolved"
+
+    await eventually(resolved, what="the alert resolved by the visit")
+    assert await c.tasks("ledger-review-missed-twice") == [] and await c.tasks("ledger-review-missed") == []
+    assert (await c.get(f"/v1/ledger/{entry['id']}", "police"))["misses"] == 0
 
 
 async def test_tenants_still_resident_a_week_after_a_letting_stopped_get_a_confirm_departure_task(community):
