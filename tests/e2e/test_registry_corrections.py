@@ -144,3 +144,20 @@ async def test_person_details_are_corrected_with_the_phone_protected_and_a_tag_v
     assert e["data"]["reason"] == "voided: 标错人"
     for _subject, data in await registry.stream_messages("REGISTRY"):
         assert b"13912345678" not in data
+
+
+async def test_a_letting_correction_that_would_end_it_before_it_starts_is_refused(registry):  # noqa: F811
+    a, _ = registry.codes
+    await submit(registry, "/v1/residents/arrivals", {"arrivals": [arrival(a, LI, "李娜", kind="tenant")]})
+    letting = {"household_code": a, "landlord": "王建國", "tenants": [{"id_number": LI}], "starts_on": "2026-03-01"}
+    letting_id = (await submit(registry, "/v1/lettings", {"lettings": [letting]}))["outcomes"][0]["ref"]
+    gw1 = registry.auth("grid_worker", "gw-1")
+    early = {"kind": "letting", "id": letting_id, "changes": {"expected_end": "2026-02-01"}, "reason": "x"}
+    error = (await _refused(registry, "/v1/corrections", early, 422))["errors"][0]
+    assert error == {"field": "body.changes.expected_end", "reason": "the letting would end before it starts"}
+    empty = {**early, "changes": {"landlord": None}}
+    assert (await _refused(registry, "/v1/corrections", empty, 422))["errors"][0]["reason"] == "may not be emptied"
+    fix = {**early, "changes": {"landlord": "王建国", "expected_end": "2027-02-28"}, "reason": "繁体字"}
+    await registry.ok("POST", "/v1/corrections", json=fix, headers=gw1)
+    [shown] = (await registry.ok("GET", f"/v1/households/{a}"))["lettings"]
+    assert (shown["landlord"], shown["expected_end"]) == ("王建国", "2027-02-28")

@@ -25,6 +25,11 @@ async def test_units_at_a_house_and_at_their_own_address(registry):  # noqa: F81
     market = await registry.ok("POST", "/v1/units", json=stall, status=201)
     assert (market["household_code"], market["address"], market["beat"]) == (None, "金水市场A区12号", "B1")
 
+    async def refused_at(path: str, body: dict, status: int) -> dict:
+        r = await registry.post(path, json=body, headers=registry.auth("community_admin"))
+        assert r.status_code == status and r.headers["content-type"] == PROBLEM, r.text
+        return r.json()
+
     async def refused(body: dict, status: int = 422) -> dict:
         r = await registry.post("/v1/units", json=body, headers=registry.auth("community_admin"))
         assert r.status_code == status and r.headers["content-type"] == PROBLEM, r.text
@@ -53,6 +58,17 @@ async def test_units_at_a_house_and_at_their_own_address(registry):  # noqa: F81
         "registered",
         made["unit_id"],
     )
+
+    fix = {"kind": "unit", "id": made["unit_id"], "changes": {"licence_number": "JY13701020054321"}, "reason": "抄错"}
+    r = await registry.post("/v1/corrections", json=fix, headers=registry.auth("grid_worker", "gw-2"))
+    assert r.status_code == 403, "only the unit's author or a community admin"
+    taken = {**fix, "id": market["unit_id"], "changes": {"licence_number": "JY13701020012345"}}
+    assert "another unit has licence" in (await refused_at("/v1/corrections", taken, 409))["detail"]
+    await registry.ok("POST", "/v1/corrections", json=fix, headers=registry.auth("grid_worker"))
+    [shown] = (await registry.ok("GET", f"/v1/households/{a}"))["units"]
+    assert shown["licence_number"] == "JY13701020054321"
+    await registry.ok("POST", "/v1/voids", json={"kind": "unit", "id": market["unit_id"], "reason": "摊位不存在"})
+    assert (await registry.ok("GET", "/v1/units?grid=G02"))["units"] == []
 
     events = await eventually(lambda: _two(registry), what="two unit.registered events")
     assert [e["data"]["unit_id"] for e in events] == [made["unit_id"], market["unit_id"]]
