@@ -229,6 +229,14 @@ class BenchEnv:
             todo.append((f"B{i % beats:02d}U{i:06d}", i % beats, i))
         sem = asyncio.Semaphore(concurrency)
         started = time.perf_counter()
+        # The beats and their grids first, as a community admin sets them up (desk officers are assigned to them).
+        for b, beat in enumerate(layout):
+            areas = [("/v1/beats", {"code": beat.name, "name": f"警格{b:02d}"})]
+            areas += [("/v1/grids", {"code": g, "name": f"网格{g}", "beat": beat.name}) for g in beat.grids]
+            for path, body in areas:
+                r = await self.http.post(path, json=body, headers=admins[b])
+                if r.status_code not in (201, 409):
+                    raise RuntimeError(f"setting up {body['code']}: HTTP {r.status_code} {r.text[:300]}")
 
         async def one(code: str, b: int, i: int) -> None:
             beat = layout[b]

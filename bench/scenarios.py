@@ -433,15 +433,33 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
     duplicates = [0]
     unexpected = [0]
 
+    beats = env.households.beats
+
+    def beat_of(household: str) -> int:  # codes are B<beat>H… and B<beat>U…
+        return int(household[1:3])
+
     def on_alert(client: DeskClient, household: str, at: float) -> None:
         seen = got[client.index]
         if household in seen:
             duplicates[0] += 1
-        elif household in submitted:
+        elif household in submitted and beat_of(household) == client.index % beats:
             seen[household] = at
         else:
-            unexpected[0] += 1
+            unexpected[0] += 1  # not sent, or of a beat this officer is not assigned to
 
+    # Desk officers spread over the beats, each assigned to one: the feed gives each its own beat's alerts.
+    admin = env.auth("community_admin", "bench-desk-admin")
+    sem = asyncio.Semaphore(16)
+
+    async def assign(i: int) -> None:
+        body = {"person": f"desk-{i}", "role": "officer", "area": f"BEAT{i % beats:02d}"}
+        async with sem:
+            r = await env.http.post("/v1/assignments", json=body, headers=admin)
+        if r.status_code not in (201, 409):
+            raise RuntimeError(f"assigning desk-{i}: HTTP {r.status_code} {r.text[:300]}")
+
+    await asyncio.gather(*(assign(i) for i in range(n_clients)))
+    await env.wait_quiet(timeout=size.drain_timeout)
     url = env.stack.url("gateway") + "/v1/alerts/stream"
     clients = [DeskClient(url, env.token("police", f"desk-{i}"), on_alert=on_alert, index=i) for i in range(n_clients)]
     connect_started = time.perf_counter()
@@ -523,10 +541,10 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
             await asyncio.gather(*inflight, return_exceptions=True)
         # Wait until every connected client has every accepted urgent visit's alert (or the drain timeout).
         drain_started = time.perf_counter()
-        expected = set(accepted)
+        expected = [{h for h in accepted if beat_of(h) == b} for b in range(beats)]
         while time.perf_counter() - drain_started < size.latency_drain_timeout:
             env.check_services()
-            if all(expected <= got[c.index].keys() for c in connected if not c.closed.is_set()):
+            if all(expected[c.index % beats] <= got[c.index].keys() for c in connected if not c.closed.is_set()):
                 break
             await asyncio.sleep(0.1)
         drain_s = time.perf_counter() - drain_started
@@ -538,13 +556,15 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
             await c.stop()
 
     beats_seen = sorted({len(c.beats) for c in connected}) or [0]
-    # Desk clients have no beat assignment here: each should see every beat unless the feed filters by beat.
+    # Each desk client is assigned one beat: it should see that beat's alerts and no other's.
     filters_by_beat = beats_seen[-1] <= 1 and len(accepted) >= env.households.beats
     latencies, fastest = [], []
     missed = 0
     for household, (at, steady) in accepted.items():
         per_alert = []
         for c in connected:
+            if c.index % beats != beat_of(household):
+                continue
             arrived = got[c.index].get(household)
             if arrived is None:
                 missed += 1
@@ -553,7 +573,7 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
         latencies += per_alert
         if per_alert:
             fastest.append(min(per_alert))
-    missed += len(failed) * len(accepted)
+    missed += sum(len(expected[int(i) % beats]) for i in failed) if accepted else 0
     wall = measured.wall_s if measured else size.latency_steady
     problems = []
     if failed:
@@ -562,6 +582,8 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
         problems.append(f"{missed} alert deliveries missed (urgent visit x client)")
     if dropped:
         problems.append(f"{len(dropped)} desk clients were disconnected during the run")
+    if unexpected[0]:
+        problems.append(f"{unexpected[0]} alerts reached a desk client outside its beat (or were never sent)")
     if set(statuses) - {"202"} or errors:
         problems.append(f"not every request was accepted: statuses {dict(statuses)}, errors {dict(errors)}")
     warnings = []
@@ -596,7 +618,7 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
                 + (
                     "the feed narrows by beat"
                     if filters_by_beat
-                    else "the feed does not filter by beat (the desk clients have no beat assignment in this run)"
+                    else "the feed did not narrow by beat although each desk client is assigned one"
                 )
             ),
             "urgent_visits_accepted": len(accepted),

@@ -307,6 +307,9 @@ class Service:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
+            # Longer than any client's pool keeps an idle connection (the gateway's: 10 s), so that a client never
+            # sends on a connection the server is just closing (an httpx ReadError, a 503 for the caller).
+            timeout_keep_alive=30,
         )
 
 

@@ -36,7 +36,8 @@ def build(settings: GatewaySettings | None = None) -> Service:
     svc = Service(name="gateway", settings=settings, uses_db=False)
     svc.app.state.verifier = verifier_from_settings(settings)
     svc.app.state.keyring = settings.pii_keyring()
-    svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
+    # Idle connections are dropped well before the services' keep-alive (30 s) ends theirs: no stale reuse.
+    svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200, keepalive_expiry=10))
     svc.app.state.rate_limiter = RateLimiter(settings.rate_limits, default=settings.rate_limit_default)
     svc.app.add_middleware(DoorMiddleware, max_body_bytes=settings.max_body_bytes)
 
