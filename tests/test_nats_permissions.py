@@ -84,6 +84,7 @@ async def test_a_service_publishes_its_own_subjects_and_is_refused_on_anothers(s
         await refused(nc, errors, naming.subject("intake.visit.submitted"))
     async with connect_as(servers, *users["gateway"]) as (nc, errors):
         await nc.jetstream(timeout=5).publish(naming.subject("intake.visit.submitted"), b"{}")
+        await nc.jetstream(timeout=5).publish(naming.subject("dlq.gateway-settled"), b"{}")
         await refused(nc, errors, naming.subject("risk.alert.raised.B1"))
     assert await messages(admin_js, naming, streams.RISK) == 1
     assert await messages(admin_js, naming, streams.REGISTRY) == 0

@@ -40,8 +40,9 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "registry": ("registry.>", "audit.>", "dlq.>"),
     "incidents": ("incidents.>", "dlq.>"),
     "risk": ("risk.>", "dlq.>"),
-    # What the outside world submitted, gate sightings, the audit of what it served.
-    "gateway": ("intake.>", "sightings.>", "audit.>"),
+    # What the outside world submitted, gate sightings, the audit of what it served; dead letters of its
+    # consumers (the submissions' settlements it folds).
+    "gateway": ("intake.>", "sightings.>", "audit.>", "dlq.>"),
 }
 # Every service: the JetStream API (provisioning streams and consumers, pull fetches, stream info), acks of
 # what it consumed, flow-control replies of ordered push consumers. Not prefixed: JetStream's own subjects.
