@@ -60,7 +60,8 @@ def test_smoke_run_gives_every_scenario_a_figure_and_misses_no_alert(tmp_path: P
     assert imported["details"]["summary"]["applied"] == imported["details"]["rows"]
     assert imported["figures"]["card_p99_ms"] > 0
     assert latency["details"]["deliveries_measured"] > 0
-    assert latency["details"]["feed_filters_by_beat"] is False
+    assert latency["details"]["feed_filters_by_beat"] is True, "each desk officer gets their own beat's alerts"
+    assert latency["details"]["unexpected_alerts"] == 0
     for key in ("publish_windowed", "fetch_ack", "executemany", "copy"):
         assert result["floors"][key]["rate"] > 0, key
     assert "1 intake" in done.stdout and "5 import" in done.stdout
