@@ -90,6 +90,7 @@ async def register_unit(body: NewUnit, pool: PoolDep, caller: CallerDep, svc: Se
                 "SELECT code FROM households WHERE house_id = $1 AND merged_into IS NULL ORDER BY code LIMIT 1",
                 house_id,
             )
+        at_household = code if body.household_code is not None else None  # else only at the same address
         try:
             await conn.execute(
                 """INSERT INTO units (id, name, category, licence_number, household_code, house_id, grid, beat,
@@ -100,7 +101,7 @@ async def register_unit(body: NewUnit, pool: PoolDep, caller: CallerDep, svc: Se
                 body.name.strip(),
                 body.category.value,
                 body.licence_number,
-                body.household_code and code,
+                at_household,
                 house_id,
                 grid,
                 beat,
@@ -121,7 +122,7 @@ async def register_unit(body: NewUnit, pool: PoolDep, caller: CallerDep, svc: Se
             name=body.name.strip(),
             category=body.category,
             licence_number=body.licence_number,
-            household_code=body.household_code and code,
+            household_code=at_household,
             house_id=house_id,
             grid=grid,
             beat=beat,
