@@ -52,6 +52,11 @@ class SseClient:
                 await self._task
 
     @property
+    def ended(self) -> bool:
+        """The stream closed (the server ended it, or the connection broke)."""
+        return self._task is not None and self._task.done()
+
+    @property
     def alerts(self) -> list[SseEvent]:
         return [e for e in self.events if e.event == "alert"]
 

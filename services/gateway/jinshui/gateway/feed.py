@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -48,8 +50,16 @@ class FeedItem:
 
 class _Client:
     def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(maxsize=size)
+        # Bounded by hand (size), so that the end-of-stream mark (None) always fits behind what is queued.
+        self.queue: asyncio.Queue[FeedItem | None] = asyncio.Queue()
+        self.size = size
         self.overflowed = False
+
+    def offer(self, item: FeedItem) -> bool:
+        if self.queue.qsize() >= self.size:
+            return False
+        self.queue.put_nowait(item)
+        return True
 
 
 class AlertFeed:
@@ -64,6 +74,7 @@ class AlertFeed:
         self.subject = naming.subject("risk.alert.>")
         self.book = scopes.Book()
         self.book_ready = asyncio.Event()
+        self.closing = False
 
     async def start(self, *, book_within: float = 30.0) -> None:
         await self._follow_assignments(book_within)
@@ -111,11 +122,32 @@ class AlertFeed:
             return
         self.buffer.append(item)
         for client in list(self._clients):
-            try:
-                client.queue.put_nowait(item)
-            except asyncio.QueueFull:
+            if not client.offer(item):
                 client.overflowed = True
                 self._clients.discard(client)
+
+    def end_streams(self) -> None:
+        """End every client's stream, after what it has queued, with a hint to reconnect (to another gateway)."""
+        self.closing = True
+        for client in list(self._clients):
+            client.queue.put_nowait(None)
+
+    def end_streams_on_signals(self) -> None:
+        """On SIGTERM or SIGINT, end the streams at once (then let the server's own handler run): a server stopping
+        gracefully waits for open responses, and an SSE stream never finishes by itself."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def on_signal(signum, frame, previous=previous) -> None:
+                loop.call_soon_threadsafe(self.end_streams)
+                previous(signum, frame)
+
+            signal.signal(sig, on_signal)
 
     async def _replay(self, after: int, until: int) -> AsyncIterator[FeedItem]:
         """Items with after < seq < until, read from the stream (older than the buffer)."""
@@ -148,6 +180,8 @@ class AlertFeed:
         `scope()` (asked again for each alert, so that a new assignment applies at once) admits."""
         client = _Client(self.client_queue)
         self._clients.add(client)
+        if self.closing:
+            client.queue.put_nowait(None)
         try:
             sent = last_event_id or 0
             if last_event_id is not None:
@@ -167,6 +201,7 @@ class AlertFeed:
                         if item.admitted(scope()):
                             yield _sse(item.seq, "alert", item.data)
             yield ": connected\n\n"
+            ended = False
             while True:
                 try:
                     item = await asyncio.wait_for(client.queue.get(), self.heartbeat)
@@ -175,6 +210,9 @@ class AlertFeed:
                         break
                     yield ": heartbeat\n\n"
                     continue
+                if item is None:
+                    ended = True
+                    break
                 if item.seq > sent:
                     sent = item.seq
                     if item.admitted(scope()):
@@ -183,6 +221,8 @@ class AlertFeed:
                     break
             if client.overflowed:
                 yield _sse(None, "reconnect", b'{"reason": "client too slow; reconnect with Last-Event-ID"}')
+            elif ended:
+                yield _sse(None, "reconnect", b'{"reason": "this gateway is stopping; reconnect with Last-Event-ID"}')
         finally:
             self._clients.discard(client)
 

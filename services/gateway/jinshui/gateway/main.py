@@ -23,6 +23,7 @@ from jinshui.gateway.settings import GatewaySettings
 from jinshui.gateway.submissions import Submissions, open_bucket
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
+from jinshui.kit.keyfile import watch_keyring
 
 SETTLEMENTS = [
     ("gateway-submissions", streams.REGISTRY, streams.REGISTRY_SUBMISSION_SETTLED),
@@ -36,6 +37,7 @@ def build(settings: GatewaySettings | None = None) -> Service:
     svc = Service(name="gateway", settings=settings, uses_db=False)
     svc.app.state.verifier = verifier_from_settings(settings)
     svc.app.state.keyring = settings.pii_keyring()
+    watch_keyring(svc, settings)  # `jinshui keys add` makes a new key active: new values are sealed with it
     # Idle connections are dropped well before the services' keep-alive (30 s) ends theirs: no stale reuse.
     svc.app.state.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200, keepalive_expiry=10))
     svc.app.state.rate_limiter = RateLimiter(settings.rate_limits, default=settings.rate_limit_default)
@@ -74,6 +76,7 @@ def build(settings: GatewaySettings | None = None) -> Service:
             heartbeat=settings.feed_heartbeat_seconds,
         )
         await feed.start()
+        feed.end_streams_on_signals()
         s.app.state.feed = feed
 
     @svc.on_stop
