@@ -30,9 +30,11 @@ async def on_event(
     if event.type == scope.ASSIGNMENT_CHANGED:
         await scope.keep(conn, event)
     if event.type == tasks.VISIT:
-        await tasks.close_by_visit(conn, event)  # before the rules, so a visit never closes its own new task
-        await ledger.follow_up(conn, event)
-        await windows.keep_visit(conn, event)
+        open_tasks, open_entries = await windows.keep_visit(conn, event)
+        if open_tasks:
+            await tasks.close_by_visit(conn, event)  # before the rules, so a visit never closes its own new task
+        if open_entries:
+            await ledger.follow_up(conn, event)
     if event.type in (TAG_SET, TAG_ENDED):
         await keep_tags(conn, event)
     if event.type == TAG_ENDED:

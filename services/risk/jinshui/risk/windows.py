@@ -53,13 +53,21 @@ async def keep_coverage(conn: asyncpg.Connection, event: CloudEvent) -> None:
     await conn.execute("UPDATE households SET beat = $1 WHERE grid = ANY($2::text[])", change.beat, change.grids)
 
 
-async def keep_visit(conn: asyncpg.Connection, event: CloudEvent) -> None:
+async def keep_visit(conn: asyncpg.Connection, event: CloudEvent) -> tuple[bool, bool]:
+    """Note the household's last visit; and, in the same round trip, whether it has open tasks (that the visit
+    closes) or open ledger entries (that it follows up). Most visits have neither: one query is all they cost."""
     visit = VisitRecorded.model_validate(event.data)
-    await conn.execute(
-        "UPDATE households SET last_visited_at = greatest(last_visited_at, $2) WHERE code = $1",
+    row = await conn.fetchrow(
+        """WITH kept AS (UPDATE households SET last_visited_at = greatest(last_visited_at, $2) WHERE code = $1)
+           SELECT EXISTS (SELECT 1 FROM tasks WHERE household_code = $1 AND status = 'open' AND created_at < $3)
+                      AS tasks,
+                  EXISTS (SELECT 1 FROM ledger_entries WHERE household_code = $1 AND status = 'open'
+                                                         AND opened_at <= $2) AS ledger""",
         visit.household_code,
         visit.visited_at,
+        event.time,
     )
+    return row["tasks"], row["ledger"]
 
 
 # Rule 3, the letting half: 租有登记，停有核销 — the tenants of a stopped letting should have left.
