@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jinshui.cli import replay
 
     replay.add_parser(sub, _default_home())
+    from jinshui.cli import keys
+
+    keys.add_parser(sub, _default_home())
     return parser
 
 

@@ -12,8 +12,9 @@ from jinshui.contracts import registry as contracts
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
+from jinshui.kit.keyfile import watch_keyring
 from jinshui.kit.problems import problem_response
-from jinshui.registry import api, areas, handlers, tags, units, upkeep
+from jinshui.registry import api, areas, handlers, rekey, tags, units, upkeep
 from jinshui.registry.settings import RegistrySettings
 
 INTAKE_HANDLERS = {
@@ -35,6 +36,14 @@ def build(settings: RegistrySettings | None = None) -> Service:
     settings = settings or RegistrySettings()
     svc = Service(name="registry", settings=settings, migrations=Path(__file__).parent / "migrations")
     svc.app.state.keyring = settings.pii_keyring()
+    watch_keyring(svc, settings, interval=settings.pii_keys_check_seconds)
+    resealer = rekey.Resealer(svc=svc, batch=settings.pii_reseal_batch, interval=settings.pii_reseal_interval_seconds)
+
+    @svc.on_start
+    async def _reseal(s: Service) -> None:
+        s.spawn(resealer.run(), name="pii-reseal")
+
+    svc.on_metrics(rekey.refresh_gauges)
     by_type = {**{t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}, **UNTIMED_HANDLERS}
 
     async def intake(conn, event):
