@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 
 from jinshui.contracts import registry as contracts
 from jinshui.contracts.base import MAX_BATCH, HouseholdCode
+from jinshui.gateway import household_card
 from jinshui.gateway.api import accept_submission
 from jinshui.gateway.proxy import forward
 from jinshui.gateway.rbac import allowed
@@ -101,7 +102,7 @@ async def register_household(
     return await _to_registry(request, svc, caller, "/v1/households")
 
 
-@router.get("/households/{code}")
+@router.get("/households/{code}", responses={200: {"model": household_card.HouseholdCard}})
 async def household(
     code: str,
     request: Request,
@@ -109,7 +110,8 @@ async def household(
     caller: Annotated[Identity, allowed("GET", "/v1/households/{code}")],
     purpose: PurposeHeader = None,
 ):
-    return await _read_personal(request, svc, caller, f"/v1/households/{quote(code, safe='')}", purpose)
+    card = await _read_personal(request, svc, caller, f"/v1/households/{quote(code, safe='')}", purpose)
+    return await household_card.compose(svc, caller, card)
 
 
 @router.get("/households/{code}/qr")
