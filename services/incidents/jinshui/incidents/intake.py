@@ -15,7 +15,7 @@ from jinshui.contracts.incidents import (
     SourceLinked,
     SourceRef,
 )
-from jinshui.incidents import addresses, hazards, journal, rules
+from jinshui.incidents import addresses, copies, hazards, journal, rules
 from jinshui.incidents.journal import derived_id
 from jinshui.kit import timers
 
@@ -90,7 +90,9 @@ async def locate(conn: asyncpg.Connection, src: NewSource) -> Located:
     """The household a source is about, from its code or its free-text address."""
     if src.household_code:
         row = await conn.fetchrow(
-            "SELECT code, address, grid, beat FROM households WHERE code = $1", src.household_code
+            """SELECT k.code, k.address, k.grid, k.beat FROM households h
+               JOIN households k ON k.code = coalesce(h.merged_into, h.code) WHERE h.code = $1""",
+            src.household_code,
         )
         if row is None:
             if src.grid:  # a registry event carries the household's grid and beat itself
@@ -103,7 +105,8 @@ async def locate(conn: asyncpg.Connection, src: NewSource) -> Located:
     rows = [
         dict(r)
         for r in await conn.fetch(
-            "SELECT code, address, grid, beat FROM households WHERE numbers_key = $1", addresses.numbers_key(text)
+            "SELECT code, address, grid, beat FROM households WHERE numbers_key = $1 AND merged_into IS NULL",
+            addresses.numbers_key(text),
         )
     ]
     found = addresses.resolve(text, rows)
@@ -198,6 +201,7 @@ async def take_in(conn: asyncpg.Connection, src: NewSource, *, at: datetime) -> 
     if existing is not None:
         what = {"police_call": "police call", "report": "report", "visit": "visit"}[src.origin]
         raise Rejected(f"{what} {src.external_id} was already received (incident {existing})")
+    src.persons = await copies.canonical_persons(conn, src.persons)
     where = await locate(conn, src)
     lock = where.household_code or where.address_norm
     if lock:  # two sources at one place are correlated one after the other

@@ -12,7 +12,7 @@ from jinshui.contracts.incidents import (
     PoliceCallsSubmitted,
     ReportsSubmitted,
 )
-from jinshui.incidents import addresses, api, deadlines, handlers, hazards, rules
+from jinshui.incidents import addresses, api, copies, deadlines, handlers, hazards, rules
 from jinshui.incidents.settings import IncidentsSettings
 from jinshui.kit import scope
 from jinshui.kit.app import Service
@@ -28,6 +28,14 @@ def build(settings: IncidentsSettings | None = None) -> Service:
             stream=streams.REGISTRY,
             subjects=[streams.REGISTRY_HOUSEHOLD_REGISTERED + ".>"],
             handler=handlers.on_household_registered,
+        )
+    )
+    svc.consumer(
+        ConsumerSpec(
+            durable="incidents-registry-copies",
+            stream=streams.REGISTRY,
+            subjects=copies.SUBJECTS,
+            handler=copies.on_registry,
         )
     )
     svc.consumer(

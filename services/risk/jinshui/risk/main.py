@@ -9,7 +9,7 @@ from pathlib import Path
 from jinshui.contracts import streams
 from jinshui.kit.app import Service
 from jinshui.kit.consumer import ConsumerSpec
-from jinshui.risk import alerts, api, gauges, handlers, ledger, ledger_api, sightings, windows
+from jinshui.risk import alerts, api, copies, gauges, handlers, ledger, ledger_api, sightings, windows
 from jinshui.risk.rules import DEFAULT_RULES, RuleBook
 from jinshui.risk.settings import RiskSettings
 
@@ -21,11 +21,13 @@ def build(settings: RiskSettings | None = None) -> Service:
     book = RuleBook(settings.rules_file or DEFAULT_RULES)
     book.reload()  # a service never starts on a rule file it refuses
     svc.app.state.rules = book
-    on_event = partial(
-        handlers.on_event,
-        book=book,
-        escalate_after=escalate_after,
-        letting_window=timedelta(days=settings.letting_departure_window_days),
+    on_event = copies.following(
+        partial(
+            handlers.on_event,
+            book=book,
+            escalate_after=escalate_after,
+            letting_window=timedelta(days=settings.letting_departure_window_days),
+        )
     )
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]

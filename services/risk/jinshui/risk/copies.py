@@ -1,0 +1,175 @@
+"""Risk's copies follow what the registry publishes besides single registrations: residents imported in bulk
+(each taken as its own arrival), deaths, and persons or households found to be one (merged into the kept record).
+
+A voided tag needs nothing here: the registry ends an open tag it voids (tag.ended), which risk's tag copy
+follows. Corrections change nothing risk copies (a tag's dates and reason, a residency's kind and times)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from pydantic import BaseModel, ValidationError
+
+from jinshui.contracts.envelope import CloudEvent, new_event
+from jinshui.contracts.registry import HouseholdsMerged, PersonDied, PersonsMerged, ResidentsImported
+from jinshui.kit import timers
+from jinshui.kit.consumer import Permanent
+from jinshui.risk import ledger
+from jinshui.risk.alerts import derived_id
+
+RESIDENTS_IMPORTED = "org.jinshui.registry.resident.imported.v1"
+RESIDENT_ARRIVED = "org.jinshui.registry.resident.arrived.v1"
+PERSON_DIED = "org.jinshui.registry.person.died.v1"
+PERSONS_MERGED = "org.jinshui.registry.person.merged.v1"
+HOUSEHOLDS_MERGED = "org.jinshui.registry.household.merged.v1"
+REGISTRY_SOURCE = "/jinshui/registry"
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[asyncpg.Connection, CloudEvent], Awaitable[None]]
+
+
+def following(on_event: Handler) -> Handler:
+    """Risk's event handler, with the registry's bulk, death and merge events followed first."""
+
+    async def handle(conn: asyncpg.Connection, event: CloudEvent) -> None:
+        if event.type == RESIDENTS_IMPORTED:
+            for arrival in arrivals(event):
+                await on_event(conn, arrival)
+        elif event.type == PERSON_DIED:
+            await person_died(conn, _parse(PersonDied, event), at=event.time)
+        elif event.type == PERSONS_MERGED:
+            await persons_merged(conn, _parse(PersonsMerged, event), at=event.time)
+        elif event.type == HOUSEHOLDS_MERGED:
+            await households_merged(conn, _parse(HouseholdsMerged, event))
+        await on_event(conn, event)
+
+    return handle
+
+
+def arrivals(event: CloudEvent) -> list[CloudEvent]:
+    """An imported chunk as the resident.arrived events it stands for (ids derived from the chunk's), so that
+    the ledger and the rules see an imported resident exactly as one registered on arrival."""
+    chunk = _parse(ResidentsImported, event)
+    return [
+        new_event(
+            id=derived_id("resident.imported", event.id, a.residency_id),
+            type=RESIDENT_ARRIVED,
+            source=REGISTRY_SOURCE,
+            subject=a.household_code,
+            time=event.time,
+            data=a,
+        )
+        for a in chunk.arrivals
+    ]
+
+
+async def person_died(conn: asyncpg.Connection, d: PersonDied, *, at) -> None:
+    """A dead person is followed up no more: their open ledger entries close (no review, so no task or alert of
+    rule 6), and their tags stop counting."""
+    await conn.execute("UPDATE person_tags SET active = false, at = $2 WHERE id_hash = $1 AND active", d.id_hash, at)
+    rows = await conn.fetch(
+        f"""UPDATE ledger_entries SET status = 'closed', closed_at = $2, next_review_at = NULL, updated_at = $2
+            WHERE person_hash = $1 AND status = 'open' RETURNING {ledger.COLUMNS}""",
+        d.id_hash,
+        at,
+    )
+    reason = f"the person died on {d.died_on.isoformat()}: {d.reason}"
+    for row in rows:
+        await timers.cancel(conn, kind=ledger.REVIEW, ref=row["id"])
+        await ledger._history(conn, row["id"], at, "closed", d.recorded_by, reason, None)
+        await ledger._publish(conn, row, "closed", at, by=d.recorded_by, reason=reason)
+
+
+async def persons_merged(conn: asyncpg.Connection, m: PersonsMerged, *, at) -> None:
+    """The merged record's hash becomes the kept one's: its tags, ledger entries and score factors move over.
+    Where both have an open entry of one rule, the kept person's stays and the merged one's closes into it."""
+    if m.merged_id_hash == m.kept_id_hash:
+        return
+    await conn.execute("UPDATE person_tags SET id_hash = $2 WHERE id_hash = $1", m.merged_id_hash, m.kept_id_hash)
+    await conn.execute(
+        "UPDATE score_factors SET subject_key = $2 WHERE subject_kind = 'person' AND subject_key = $1",
+        m.merged_id_hash,
+        m.kept_id_hash,
+    )
+    reason = f"person {m.merged} merged into {m.kept}: {m.reason}"
+    for entry in await conn.fetch(
+        f"SELECT {ledger.COLUMNS} FROM ledger_entries WHERE person_hash = $1 ORDER BY opened_at, id", m.merged_id_hash
+    ):
+        kept = None
+        if entry["status"] == "open":
+            kept = await conn.fetchval(
+                "SELECT id FROM ledger_entries WHERE rule = $1 AND person_hash = $2 AND status = 'open'",
+                entry["rule"],
+                m.kept_id_hash,
+            )
+        if kept is None:
+            await conn.execute(
+                "UPDATE ledger_entries SET person_hash = $2, updated_at = $3 WHERE id = $1",
+                entry["id"],
+                m.kept_id_hash,
+                at,
+            )
+            await ledger._history(conn, entry["id"], at, "person_merged", m.merged_by, reason, None)
+            continue
+        row = await conn.fetchrow(
+            f"""UPDATE ledger_entries SET person_hash = $2, status = 'closed', closed_at = $3, next_review_at = NULL,
+                       updated_at = $3 WHERE id = $1 RETURNING {ledger.COLUMNS}""",
+            entry["id"],
+            m.kept_id_hash,
+            at,
+        )
+        await timers.cancel(conn, kind=ledger.REVIEW, ref=entry["id"])
+        into = f"{reason} (followed up in entry {kept})"
+        await ledger._history(conn, entry["id"], at, "closed", m.merged_by, into, None)
+        await ledger._history(conn, kept, at, "person_merged", m.merged_by, f"{reason} (entry {entry['id']})", None)
+        await ledger._publish(conn, row, "closed", at, by=m.merged_by, reason=into)
+
+
+async def households_merged(conn: asyncpg.Connection, m: HouseholdsMerged) -> None:
+    """The merged code means the kept household: what risk keeps under it moves there, and the merged household
+    leaves risk's copy (no monthly visit is asked for a record that is no more)."""
+    await conn.execute(
+        """UPDATE households k SET last_visited_at = greatest(k.last_visited_at, h.last_visited_at)
+           FROM households h WHERE k.code = $2 AND h.code = $1""",
+        m.merged,
+        m.kept,
+    )
+    await conn.execute("DELETE FROM households WHERE code = $1", m.merged)
+    for table in ("person_tags", "ledger_entries", "alerts"):
+        await conn.execute(
+            f"UPDATE {table} SET household_code = $2, grid = $3, beat = $4 WHERE household_code = $1",
+            m.merged,
+            m.kept,
+            m.grid,
+            m.beat,
+        )
+    await conn.execute(
+        "UPDATE tasks SET household_code = $2, grid = $3, beat = $4 WHERE household_code = $1 AND status = 'open'",
+        m.merged,
+        m.kept,
+        m.grid,
+        m.beat,
+    )
+    await conn.execute(
+        "UPDATE score_factors SET subject_key = $2 WHERE subject_kind = 'household' AND subject_key = $1",
+        m.merged,
+        m.kept,
+    )
+    await conn.execute("UPDATE score_factors SET household_code = $2 WHERE household_code = $1", m.merged, m.kept)
+    # Windowed rules keyed by the household count the merged one's occurrences as the kept one's.
+    await conn.execute(
+        """INSERT INTO rule_occurrences (rule, key, event_id, type, at)
+           SELECT rule, $2, event_id, type, at FROM rule_occurrences WHERE key = $1 ON CONFLICT DO NOTHING""",
+        m.merged,
+        m.kept,
+    )
+    await conn.execute("DELETE FROM rule_occurrences WHERE key = $1", m.merged)
+
+
+def _parse(model: type[M], event: CloudEvent) -> M:
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as e:
+        raise Permanent(f"not a valid {event.type}: {e.errors()[:3]}") from e
