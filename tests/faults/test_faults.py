@@ -1,6 +1,8 @@
-"""Faults survived with nothing lost and nothing doubled: SIGKILL, server restarts, a frozen service, a full store.
+"""Faults survived with nothing lost and nothing doubled: SIGKILL, server restarts, a frozen service, a stream
+leader killed in a NATS cluster, a full store.
 
-`make test` runs each at a small size; `make faults` at FAULTS_SIZE=20000 records of mixed load.
+`make test` runs each at a small size; `make faults` at FAULTS_SIZE=20000 records of mixed load (visits, police
+calls, grid reports, gate sightings).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from .harness import SIZE, Load, Observer, Platform, check
 SERVICES = ("registry", "incidents", "risk", "gateway")
 
 
-async def run_with_faults(tmp_path, inject, *, nats_extra: str = "", name: str):
-    async with Platform(tmp_path, nats_extra=nats_extra) as p:
+async def run_with_faults(tmp_path, inject, *, nats_extra: str = "", nats_cluster: int = 1, name: str):
+    async with Platform(tmp_path, nats_extra=nats_extra, nats_cluster=nats_cluster) as p:
         load = Load(p)
         await load.prepare()
         observer = Observer(p)
@@ -42,7 +44,7 @@ async def run_with_faults(tmp_path, inject, *, nats_extra: str = "", name: str):
 
 async def _progress(load: Load, fraction: float) -> None:
     target = max(1, int(SIZE * fraction))
-    await eventually(lambda: sum(n for _, n in load.accepted.values()) >= target, timeout=300, what="load progress")
+    await eventually(lambda: load.accepted_records >= target, timeout=300, what="load progress")
 
 
 async def test_services_killed_at_random_moments(tmp_path):
@@ -85,6 +87,45 @@ async def test_a_frozen_service_catches_up_when_it_thaws(tmp_path):
         return await p.ready()
 
     await run_with_faults(tmp_path, inject, name="sigstop")
+
+
+async def test_the_intake_stream_leader_killed_in_a_three_server_cluster(tmp_path):
+    """Three nats-servers with cluster routes, every stream and KV bucket on three replicas: the INTAKE stream's
+    leader is killed -9 mid-run and restarted; submissions ride through the election (503s, retried)."""
+
+    async def inject(p: Platform, load: Load) -> float:
+        await _progress(load, 0.3)
+        nc = await p.admin_nats()
+        try:
+            js = nc.jetstream()
+            leader = (await js.stream_info("INTAKE")).cluster.leader
+            killed_at = time.monotonic()
+            p.nats_server(leader).kill()
+            recovery = await load.probe() - killed_at
+            new_leader = await eventually(lambda: _intake_leader(js), timeout=60, what="a new INTAKE leader")
+            assert new_leader != leader
+            p.nats_server(leader).start()
+            await eventually(lambda: _intake_replicas_current(js), timeout=60, what="the restarted replica current")
+        finally:
+            await nc.close()
+        return recovery
+
+    await run_with_faults(tmp_path, inject, nats_cluster=3, name="cluster-leader")
+
+
+async def _intake_leader(js) -> str | None:
+    try:
+        return (await js.stream_info("INTAKE")).cluster.leader
+    except Exception:  # no leader yet: the request times out or finds no responders
+        return None
+
+
+async def _intake_replicas_current(js) -> bool:
+    try:
+        cluster = (await js.stream_info("INTAKE")).cluster
+    except Exception:
+        return False
+    return cluster.leader is not None and len(cluster.replicas or []) == 2 and all(r.current for r in cluster.replicas)
 
 
 @pytest.mark.parametrize("store", ["4MB"])
