@@ -35,6 +35,26 @@ const TEXT = {
     st_resolved: "已处置",
     st_dismissed: "已排除",
     reload: "刷新",
+    f_since: "时段",
+    since_shift: "本班（12小时内）",
+    since_day: "24小时内",
+    f_text: "规则、户码、说明",
+    handover: "交接班",
+    handover_title: "交接班：未办结预警（{at}）",
+    handover_beat: "警格 {beat}：高 {HIGH} · 中 {MEDIUM} · 低 {LOW}",
+    handover_none: "本警格没有未办结的预警",
+    waited: "已等待",
+    minutes: "{n} 分钟",
+    hh_scan: "扫码",
+    scan_title: "扫描户码二维码",
+    scan_hint: "将二维码对准摄像头",
+    scan_unsupported: "此浏览器不能扫码，请直接输入户码",
+    scan_failed: "无法打开摄像头（{detail}），请直接输入户码",
+    units: "经营单位",
+    origin_police_call: "警情（公安）",
+    origin_report: "网格上报",
+    matched_on: "关联依据",
+    tags_by_role: "标签按角色显示：敏感标签仅民警和社区管理员可见（当前角色：{role}）",
     no_alerts: "暂无预警",
     glance: "未办结：高 {HIGH} · 中 {MEDIUM} · 低 {LOW}",
     glance_overdue: "超时未签收 {n}",
@@ -133,6 +153,26 @@ const TEXT = {
     st_resolved: "resolved",
     st_dismissed: "dismissed",
     reload: "Reload",
+    f_since: "Period",
+    since_shift: "this shift (12 h)",
+    since_day: "last 24 h",
+    f_text: "rule, household, explanation",
+    handover: "Hand over",
+    handover_title: "Hand-over: open alerts ({at})",
+    handover_beat: "Beat {beat}: HIGH {HIGH} · MEDIUM {MEDIUM} · LOW {LOW}",
+    handover_none: "No open alerts in this beat",
+    waited: "waiting",
+    minutes: "{n} min",
+    hh_scan: "Scan",
+    scan_title: "Scan the household's QR code",
+    scan_hint: "Hold the QR code to the camera",
+    scan_unsupported: "This browser cannot scan: type the household code",
+    scan_failed: "The camera could not be opened ({detail}): type the household code",
+    units: "Units",
+    origin_police_call: "police call",
+    origin_report: "grid report",
+    matched_on: "matched on",
+    tags_by_role: "Tags by role: sensitive tags only for police and community admins (your role: {role})",
     no_alerts: "No alerts",
     glance: "Open: HIGH {HIGH} · MEDIUM {MEDIUM} · LOW {LOW}",
     glance_overdue: "{n} waiting too long",
@@ -215,6 +255,10 @@ const FIELDS = {
     external_id: "外部编号", occurred_at: "发生时间", description: "描述", at: "时间", what: "事项", actor: "经办",
     detail: "详情", origins: "来源", household_code: "户码", use: "用途", building: "楼", unit: "单元", floor: "层",
     room: "室", sex: "性别", birth_date: "出生日期", departure_check: "离开核查",
+    unit_id: "单位编号", licence_number: "许可证号", operator: "经营者", registered_at: "登记时间",
+    acknowledged_by: "签收人", source_id: "来源编号", mediators: "调解员", method: "方式", held_at: "调解时间",
+    outcome: "结果", agreement: "协议", external_ids: "外部编号", submitted_by: "提交方", recorded_by: "记录人",
+    assignee: "承办人", note: "备注",
   },
   en: {},
 };
@@ -336,24 +380,39 @@ function overdue(a, now = Date.now()) {
   return a.level === "HIGH" && a.status === "raised" && now - new Date(a.raised_at).getTime() > OVERDUE_MS;
 }
 
+const SHIFT_MS = 12 * 3600 * 1000;
+
 async function loadAlerts() {
   const open = await api("/v1/alerts?status=raised&status=acknowledged&limit=500");
-  const recent = await api("/v1/alerts?limit=100");
+  const since = new Date(Date.now() - 2 * SHIFT_MS).toISOString();
+  const recent = await api(`/v1/alerts?since=${encodeURIComponent(since)}&limit=500`);
   state.alerts.clear();
   for (const a of [...(recent.alerts || []), ...(open.alerts || [])]) state.alerts.set(a.id, a);
   renderAlerts();
 }
 
+// The alert history the filters ask for: level, status, period (the shift: 12 hours), and text.
+function filtered(now) {
+  const level = $("f-level").value;
+  const status = $("f-status").value;
+  const period = { shift: SHIFT_MS, day: 2 * SHIFT_MS }[$("f-since").value];
+  const words = $("f-text").value.trim().toLowerCase();
+  return [...state.alerts.values()]
+    .filter((a) => !level || a.level === level)
+    .filter((a) => !status || (status === "open" ? OPEN.has(a.status) : a.status === status))
+    .filter((a) => !period || OPEN.has(a.status) || now - new Date(a.raised_at).getTime() <= period)
+    .filter(
+      (a) =>
+        !words ||
+        [a.rule, a.household_code, a.explanation, a.beat, a.grid].some((v) => String(v || "").toLowerCase().includes(words)),
+    );
+}
+
 function renderAlerts() {
   const list = $("alert-list");
   if (!list) return;
-  const level = $("f-level").value;
-  const status = $("f-status").value;
   const now = Date.now();
-  const shown = [...state.alerts.values()]
-    .filter((a) => !level || a.level === level)
-    .filter((a) => !status || (status === "open" ? OPEN.has(a.status) : a.status === status))
-    .sort(
+  const shown = filtered(now).sort(
       (a, b) =>
         Number(overdue(b, now)) - Number(overdue(a, now)) ||
         Number(OPEN.has(b.status)) - Number(OPEN.has(a.status)) ||
@@ -372,7 +431,69 @@ function renderAlerts() {
   const glance = [el("span", {}, t("glance", counts))];
   if (late) glance.push(el("span", { class: "badge overdue" }, t("glance_overdue", { n: late })));
   $("glance").replaceChildren(...glance);
+  $("desk").dataset.shown = String(shown.length);
   if (state.card && state.card.followsAlerts) state.card.render();
+}
+
+// The hand-over (交接班): the open alerts of the caller's beat(s), at a glance, grouped by beat.
+function handover() {
+  showCard(renderHandover, true);
+}
+
+function renderHandover() {
+  const now = Date.now();
+  const open = [...state.alerts.values()].filter((a) => OPEN.has(a.status));
+  const beats = [...new Set(open.map((a) => a.beat || "—"))].sort();
+  const groups = beats.map((beat) => {
+    const here = open
+      .filter((a) => (a.beat || "—") === beat)
+      .sort(
+        (a, b) =>
+          (LEVEL_ORDER[a.level] ?? 9) - (LEVEL_ORDER[b.level] ?? 9) ||
+          String(a.raised_at).localeCompare(String(b.raised_at)),
+      );
+    const counts = { HIGH: 0, MEDIUM: 0, LOW: 0, beat };
+    for (const a of here) if (a.level in counts) counts[a.level] += 1;
+    return el(
+      "section",
+      { class: "card-section", dataset: { beat } },
+      el("h4", { class: "beat-head" }, t("handover_beat", counts)),
+      el(
+        "table",
+        {},
+        el(
+          "thead",
+          {},
+          el("tr", {}, ["level", "rule", "household_code", "status", "raised_at", "waited", "acknowledged_by"].map((k) => el("th", {}, label(k)))),
+        ),
+        el(
+          "tbody",
+          {},
+          here.map((a) =>
+            el(
+              "tr",
+              { class: overdue(a, now) ? "overdue" : "", dataset: { alertId: a.id } },
+              el("td", { dataset: { field: "level" } }, t(`lvl_${a.level}`)),
+              el("td", { dataset: { field: "rule" } }, a.rule || "—"),
+              el("td", { dataset: { field: "household_code" } }, a.household_code || "—"),
+              el("td", { dataset: { field: "status" } }, t(`st_${a.status}`), overdue(a, now) ? ` · ${t("overdue")}` : ""),
+              el("td", { dataset: { field: "raised_at" } }, when(a.raised_at)),
+              el("td", { dataset: { field: "waited" } }, t("minutes", { n: Math.max(0, Math.floor((now - new Date(a.raised_at).getTime()) / 60000)) })),
+              el("td", { dataset: { field: "acknowledged_by" } }, a.acknowledged_by || "—"),
+            ),
+          ),
+        ),
+      ),
+    );
+  });
+  $("card").replaceChildren(
+    el(
+      "article",
+      { class: "handover" },
+      el("h3", {}, t("handover_title", { at: when(new Date(now).toISOString()) })),
+      groups.length ? groups : el("p", { class: "muted" }, t("handover_none")),
+    ),
+  );
 }
 
 function alertItem(a, now) {
@@ -657,6 +778,19 @@ function table(rows, columns) {
 }
 
 function cell(k, v) {
+  if (k === "tags" && Array.isArray(v)) {
+    if (!v.length) return "—";
+    const chips = v.map((tag) =>
+      el("span", { class: `tag${tag.sensitive ? " sensitive" : ""}`, title: tag.reason || "" }, tag.label || tag.tag),
+    );
+    const span = el("span", {}, chips);
+    return span;
+  }
+  if ((k === "origin" || k === "origins") && v) {
+    return [].concat(v).map((o) => (TEXT.zh[`origin_${o}`] ? t(`origin_${o}`) : o)).join(" + ");
+  }
+  if (k === "persons" && Array.isArray(v)) return v.map((p) => p.name || "?").join("、") || "—";
+  if (k === "operator" && v && typeof v === "object") return [v.name, v.id_number, v.phone].filter(Boolean).join(" ");
   if (k === "level" && TEXT.zh[`lvl_${v}`]) return t(`lvl_${v}`);
   if (k === "status" && TEXT.zh[`st_${v}`]) return t(`st_${v}`);
   return text(v);
@@ -706,7 +840,7 @@ function renderHousehold(card, incidents, purpose) {
   const residents = Array.isArray(card.residents) ? card.residents : [];
   const alerts = [...state.alerts.values()].filter((a) => a.household_code === card.code);
   const known = new Set(["code", "address", "grid", "beat", "house", "residents", "lettings", "visits", "tags"]);
-  for (const k of ["personal_data", "incidents", "risk"]) known.add(k);
+  for (const k of ["personal_data", "incidents", "risk", "units", "merged_into"]) known.add(k);
   const extra = Object.keys(card).filter((k) => !known.has(k));
   $("card").replaceChildren(
     el(
@@ -722,13 +856,17 @@ function renderHousehold(card, incidents, purpose) {
           { class: whole ? "audited" : "muted", dataset: { personalData: card.personal_data || "" } },
           whole ? t("whole_audited", { purpose: purpose || "" }) : t("masked"),
         ),
-        table(residents, ["name", "kind", "id_number", "phone", "arrived_at", "expected_end"]),
+        table(residents, ["name", "kind", "id_number", "phone", "arrived_at", "expected_end", "tags"]),
+        el("p", { class: "muted tags-by-role" }, t("tags_by_role", { role: tokenRole() || "—" })),
         !whole && residents.length
           ? el("button", { type: "button", class: "act-reveal", onclick: () => reveal(card.code) }, t("reveal"))
           : null,
       ),
       card.tags !== undefined ? section("tags", table(Array.isArray(card.tags) ? card.tags : [card.tags])) : null,
       section("lettings", table(card.lettings)),
+      Array.isArray(card.units)
+        ? section("units", table(card.units, ["name", "category", "licence_number", "operator", "registered_at"]))
+        : null,
       section("visits", table(card.visits)),
       section(
         "incidents",
@@ -806,12 +944,43 @@ function renderIncident(inc) {
       el("h3", {}, `${t("incident")} ${inc.id || ""}`),
       inc.joint ? el("p", { class: "badge joint" }, t("joint")) : null,
       facts(inc, scalar),
-      section("sources", table(inc.sources, ["origin", "external_id", "category", "occurred_at", "description"])),
-      section("timeline", table(inc.timeline, ["at", "what", "actor", "detail"])),
-      section("mediations", table(inc.mediations)),
+      section(
+        "sources",
+        table(inc.sources, ["origin", "external_id", "category", "occurred_at", "description", "persons", "submitted_by"]),
+      ),
+      section(
+        "timeline",
+        table(
+          (inc.timeline || []).map((e) => ({ ...e, detail: timelineDetail(e.detail) })),
+          ["at", "what", "actor", "detail"],
+        ),
+      ),
+      section("mediations", table(inc.mediations, ["held_at", "mediators", "method", "outcome", "agreement", "recorded_by"])),
       Array.isArray(inc.deadlines) ? section("deadlines", table(inc.deadlines)) : null,
     ),
   );
+}
+
+// One line for a timeline entry's detail: what moved, which source joined, what the mediation came to.
+const DETAIL_NOISE = new Set(["at", "by", "beat", "grid", "incident_id", "person_hashes", "category", "household_code"]);
+function timelineDetail(d) {
+  if (!d || typeof d !== "object") return text(d);
+  const parts = [];
+  if (d.from_status || d.to_status) parts.push(`${cell("status", d.from_status)} → ${cell("status", d.to_status)}`);
+  if (d.source && typeof d.source === "object") parts.push(`${cell("origin", d.source.origin)} ${d.source.external_id || ""}`);
+  if (d.method || d.outcome) parts.push([d.method, d.outcome].filter(Boolean).join(" · "));
+  const match = d.reason && typeof d.reason === "object" ? d.reason : d.match;
+  if (match && typeof match === "object" && match.score !== undefined) {
+    parts.push(`${t("matched_on")}: ${match.score}（${(match.fields || []).join(", ")}）`);
+  }
+  for (const k of ["assignee", "reason", "agreement", "note"]) {
+    if (d[k] && typeof d[k] !== "object") parts.push(`${label(k)}: ${text(d[k])}`);
+  }
+  if (parts.length) return parts.join("；");
+  return Object.entries(d)
+    .filter(([k, v]) => !DETAIL_NOISE.has(k) && v !== null && typeof v !== "object")
+    .map(([k, v]) => `${label(k)}: ${text(v)}`)
+    .join("；");
 }
 
 async function recentIncidents() {
@@ -834,6 +1003,64 @@ async function recentIncidents() {
     );
   } catch (e) {
     flash(problemText(e));
+  }
+}
+
+// --- household code from its QR: the camera through BarcodeDetector where the browser has it, else typing ---------
+function codeFromQr(raw) {
+  const value = String(raw || "").trim();
+  const inUrl = value.match(/\/households\/([^/?#]+)/);
+  return inUrl ? decodeURIComponent(inUrl[1]) : value;
+}
+
+async function scanHousehold() {
+  if (!("BarcodeDetector" in window) || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    flash(t("scan_unsupported"));
+    $("hh-code").focus();
+    return;
+  }
+  const dialog = $("scan-dialog");
+  const video = $("scan-video");
+  let stream = null;
+  let done = false;
+  const stop = () => {
+    done = true;
+    if (stream) for (const track of stream.getTracks()) track.stop();
+    video.srcObject = null;
+    if (dialog.open) dialog.close();
+  };
+  $("scan-cancel").onclick = stop;
+  dialog.onclose = stop;
+  try {
+    const detector = new BarcodeDetector({ formats: ["qr_code"] });
+    stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+    video.srcObject = stream;
+    dialog.showModal();
+    await video.play();
+    while (!done) {
+      const found = await detector.detect(video).catch(() => []);
+      const code = found.length ? codeFromQr(found[0].rawValue) : "";
+      if (code) {
+        stop();
+        $("hh-code").value = code;
+        await openHousehold(code);
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  } catch (e) {
+    stop();
+    flash(t("scan_failed", { detail: e && e.name ? e.name : String(e) }));
+    $("hh-code").focus();
+  }
+}
+
+function tokenRole() {
+  try {
+    const part = state.token.split(".")[1].replaceAll("-", "+").replaceAll("_", "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).role || "";
+  } catch {
+    return "";
   }
 }
 
@@ -893,6 +1120,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => logout());
   $("f-level").addEventListener("change", renderAlerts);
   $("f-status").addEventListener("change", renderAlerts);
+  $("f-since").addEventListener("change", renderAlerts);
+  $("f-text").addEventListener("input", renderAlerts);
+  $("handover").addEventListener("click", handover);
+  $("hh-scan").addEventListener("click", scanHousehold);
   $("reload").addEventListener("click", () => loadAlerts().catch((e) => flash(problemText(e))));
   $("hh-form").addEventListener("submit", (e) => {
     e.preventDefault();
