@@ -161,6 +161,7 @@ async def test_merged_persons_and_households_are_one_to_incidents_and_risk_and_t
     address = {"address": "金水小区5号楼2单元602", "grid": "G03"}
     kept, dup = [(await c.ok("POST", "/v1/households", json=address, status=201))["code"] for _ in range(2)]
     # The same household registered twice: an address names two, so a call by address cannot say which.
+    await c.caught_up()
     await c.call("110-DUP-1", address="金水小区5-2-602")
     assert (await c.incident_of("110-DUP-1"))["household_code"] is None
 
@@ -220,6 +221,19 @@ async def test_the_household_card_shows_open_incidents_and_risk_level_and_answer
     mediator = await c.ok("GET", f"/v1/households/{code}", "mediator")
     assert mediator["risk"] == {**mediator["risk"], "status": "not_shown", "level": None}
     assert mediator["incidents"]["status"] == "available"
+
+    # A visit voided (entered by mistake) no longer counts as the household's last visit (rule 7's copy).
+    visit = {"household_code": code, "visited_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+    visit_id = (await c.submitted("/v1/visits", {"visits": [visit]}))["outcomes"][0]["ref"]
+
+    async def last_visit(expected):
+        profile = await c.ok("GET", f"/v1/profiles/households/{code}", "police")
+        return profile if (profile["last_visited_at"] is None) == (expected is None) else None
+
+    assert (await eventually(lambda: last_visit("set"), what="the visit in risk's copy"))["last_visited_at"]
+    void = {"kind": "visit", "id": visit_id, "reason": "重复录入"}
+    await c.ok("POST", "/v1/voids", json=void)
+    await eventually(lambda: last_visit(None), what="the voided visit no longer counted")
 
     c.stack.kill("risk", signal.SIGKILL)
     await c.stack.wait_exit("risk", 10)

@@ -1,12 +1,14 @@
 """Risk's copies follow what the registry publishes besides single registrations: residents imported in bulk
 (each taken as its own arrival), deaths, and persons or households found to be one (merged into the kept record).
 
-A voided tag needs nothing here: the registry ends an open tag it voids (tag.ended), which risk's tag copy
-follows. Corrections change nothing risk copies (a tag's dates and reason, a residency's kind and times)."""
+A visit voided or re-dated changes the household's last visit (rule 7). A voided tag needs nothing here: the
+registry ends an open tag it voids (tag.ended), which risk's tag copy follows. Other corrections change nothing
+risk copies (a tag's dates and reason, a residency's kind and times, a person's name)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TypeVar
 
 import asyncpg
@@ -24,6 +26,9 @@ RESIDENT_ARRIVED = "org.jinshui.registry.resident.arrived.v1"
 PERSON_DIED = "org.jinshui.registry.person.died.v1"
 PERSONS_MERGED = "org.jinshui.registry.person.merged.v1"
 HOUSEHOLDS_MERGED = "org.jinshui.registry.household.merged.v1"
+VISITS_RECORDED = ("org.jinshui.registry.visit.recorded.v1", "org.jinshui.registry.visit.recorded.v2")
+RECORD_VOIDED = "org.jinshui.registry.record.voided.v1"
+RECORD_CORRECTED = "org.jinshui.registry.record.corrected.v1"
 REGISTRY_SOURCE = "/jinshui/registry"
 
 M = TypeVar("M", bound=BaseModel)
@@ -43,6 +48,17 @@ def following(on_event: Handler) -> Handler:
             await persons_merged(conn, _parse(PersonsMerged, event), at=event.time)
         elif event.type == HOUSEHOLDS_MERGED:
             await households_merged(conn, _parse(HouseholdsMerged, event))
+        elif event.type in VISITS_RECORDED:  # v1 and v2 carry one visit alike; kept once
+            d = event.data
+            await conn.execute(
+                """INSERT INTO visits_seen (visit_id, household_code, visited_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (visit_id) DO NOTHING""",
+                d["visit_id"],
+                d["household_code"],
+                datetime.fromisoformat(d["visited_at"]),
+            )
+        elif event.type in (RECORD_VOIDED, RECORD_CORRECTED) and event.data.get("kind") == "visit":
+            await visit_changed(conn, event)
         await on_event(conn, event)
 
     return handle
@@ -63,6 +79,30 @@ def arrivals(event: CloudEvent) -> list[CloudEvent]:
         )
         for a in chunk.arrivals
     ]
+
+
+async def visit_changed(conn: asyncpg.Connection, event: CloudEvent) -> None:
+    """A visit voided, or corrected to another time: the household's last visit is what the other visits say."""
+    d = event.data
+    if event.type == RECORD_VOIDED:
+        code = await conn.fetchval(
+            "UPDATE visits_seen SET voided = true WHERE visit_id = $1 RETURNING household_code", d["record_id"]
+        )
+    elif "visited_at" in d.get("after", {}):
+        code = await conn.fetchval(
+            "UPDATE visits_seen SET visited_at = $2 WHERE visit_id = $1 RETURNING household_code",
+            d["record_id"],
+            datetime.fromisoformat(str(d["after"]["visited_at"])),
+        )
+    else:
+        return
+    if code is not None:
+        await conn.execute(
+            """UPDATE households SET last_visited_at =
+                   (SELECT max(visited_at) FROM visits_seen WHERE household_code = $1 AND NOT voided)
+               WHERE code = $1""",
+            code,
+        )
 
 
 async def person_died(conn: asyncpg.Connection, d: PersonDied, *, at) -> None:
@@ -137,6 +177,7 @@ async def households_merged(conn: asyncpg.Connection, m: HouseholdsMerged) -> No
         m.kept,
     )
     await conn.execute("DELETE FROM households WHERE code = $1", m.merged)
+    await conn.execute("UPDATE visits_seen SET household_code = $2 WHERE household_code = $1", m.merged, m.kept)
     for table in ("person_tags", "ledger_entries", "alerts"):
         await conn.execute(
             f"UPDATE {table} SET household_code = $2, grid = $3, beat = $4 WHERE household_code = $1",
