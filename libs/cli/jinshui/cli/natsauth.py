@@ -20,11 +20,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from jinshui.cli.stack import SERVICES
+from jinshui.contracts import streams
+from jinshui.contracts.streams import Naming, StreamDef
 
 __all__ = [
     "ADMIN_USER",
     "ANY_PREFIX",
     "PUBLISHES",
+    "READS",
+    "jetstream_api",
     "load_or_create_passwords",
     "password_variable",
     "render",
@@ -44,11 +48,20 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     # consumers (the submissions' settlements it folds).
     "gateway": ("intake.>", "sightings.>", "audit.>", "dlq.>"),
 }
-# Every service: the JetStream API (provisioning streams and consumers, pull fetches, stream info), acks of
-# what it consumed, flow-control replies of ordered push consumers. Not prefixed: JetStream's own subjects.
-JETSTREAM_PUBLISH = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
-# The gateway keeps idempotency keys and submission outcomes in KV buckets.
-EXTRA_PUBLISH: dict[str, tuple[str, ...]] = {"gateway": ("$KV.>",)}
+# The streams each service reads: its durable consumers, and the gateway's ordered consumers (the alert feed on
+# RISK, the assignments it narrows the feed with on REGISTRY). Only on these may it create consumers and fetch.
+READS: dict[str, tuple[StreamDef, ...]] = {
+    "registry": (streams.INTAKE, streams.AUDIT),
+    "incidents": (streams.REGISTRY, streams.INTAKE),
+    "risk": (streams.REGISTRY, streams.INCIDENTS, streams.SIGHTINGS),
+    "gateway": (streams.REGISTRY, streams.INCIDENTS, streams.RISK),
+}
+# The gateway keeps idempotency keys and submission outcomes in KV buckets (jinshui.gateway.submissions).
+KV_BUCKETS: dict[str, tuple[str, ...]] = {"gateway": ("submissions", "idempotency")}
+# Acks of what a service consumed and flow-control replies of ordered push consumers (JetStream's own subjects,
+# not prefixed). The JetStream API is narrowed per service: jetstream_api().
+JETSTREAM_PUBLISH = ("$JS.ACK.>", "$JS.FC.>")
+JS_API = "$JS.API"
 # Replies to requests (JetStream publish acks, API answers) and pull/push deliveries all arrive on inboxes.
 SUBSCRIBE = ("_INBOX.>",)
 
@@ -61,10 +74,56 @@ def _prefixed(subject: str, prefix: str) -> list[str]:
     return [f"{prefix}.{subject}"]
 
 
+def _names(names: list[str], prefix: str) -> list[str]:
+    # A stream or bucket name carries the prefix inside its one token (T1_RISK): with ANY_PREFIX only a token
+    # wildcard can stand for it, so the names are not told apart there (the verbs still are).
+    return ["*"] if prefix == ANY_PREFIX else names
+
+
+def _streams(defs, prefix: str) -> list[str]:
+    return _names([Naming(prefix).stream(d) for d in defs], prefix)
+
+
+def _buckets(service: str, prefix: str) -> list[str]:
+    return _names([f"{prefix}_{b}" if prefix else b for b in KV_BUCKETS.get(service, ())], prefix)
+
+
+def jetstream_api(service: str, prefix: str = "") -> list[str]:
+    """The JetStream API subjects `service` may call: create and update every stream (each service provisions
+    them all at start, so that none waits on another), read the info of the streams it reads (the gateway: of
+    all, for /v1/ops/status), and create, read and fetch consumers on those streams only; the gateway also its
+    KV buckets. Never delete or purge a stream, delete or reset a consumer, or delete a stored message."""
+    api = []
+    for name in _streams(streams.ALL_STREAMS, prefix):
+        api += [f"{JS_API}.STREAM.CREATE.{name}", f"{JS_API}.STREAM.UPDATE.{name}"]
+    reads = _streams(READS[service], prefix)
+    for name in _streams(streams.ALL_STREAMS, prefix) if service == "gateway" else reads:
+        api.append(f"{JS_API}.STREAM.INFO.{name}")
+    for name in reads:
+        api += [
+            f"{JS_API}.CONSUMER.CREATE.{name}",  # ephemeral (ordered) consumers
+            f"{JS_API}.CONSUMER.CREATE.{name}.>",
+            f"{JS_API}.CONSUMER.DURABLE.CREATE.{name}.>",
+            f"{JS_API}.CONSUMER.INFO.{name}.>",
+            f"{JS_API}.CONSUMER.MSG.NEXT.{name}.>",
+        ]
+    for bucket in _buckets(service, prefix):
+        kv = "*" if bucket == "*" else f"KV_{bucket}"
+        api += [
+            f"{JS_API}.STREAM.CREATE.{kv}",
+            f"{JS_API}.STREAM.INFO.{kv}",
+            f"{JS_API}.STREAM.MSG.GET.{kv}",
+            f"{JS_API}.DIRECT.GET.{kv}",
+            f"{JS_API}.DIRECT.GET.{kv}.>",
+        ]
+    return list(dict.fromkeys(api))
+
+
 def publish_allow(service: str, prefix: str = "") -> list[str]:
     """The subjects `service`'s user may publish to."""
     own = [s for subject in PUBLISHES[service] for s in _prefixed(subject, prefix)]
-    return own + list(JETSTREAM_PUBLISH) + list(EXTRA_PUBLISH.get(service, ()))
+    kv = [f"$KV.{bucket}.>" for bucket in _buckets(service, prefix)]
+    return own + jetstream_api(service, prefix) + list(JETSTREAM_PUBLISH) + kv
 
 
 def password_variable(service: str) -> str:
