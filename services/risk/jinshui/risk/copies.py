@@ -20,6 +20,7 @@ from jinshui.kit import timers
 from jinshui.kit.consumer import Permanent
 from jinshui.risk import ledger
 from jinshui.risk.alerts import derived_id
+from jinshui.risk.rules import RuleBook
 
 RESIDENTS_IMPORTED = "org.jinshui.registry.resident.imported.v1"
 RESIDENT_ARRIVED = "org.jinshui.registry.resident.arrived.v1"
@@ -35,12 +36,12 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[asyncpg.Connection, CloudEvent], Awaitable[None]]
 
 
-def following(on_event: Handler) -> Handler:
+def following(on_event: Handler, *, book: RuleBook) -> Handler:
     """Risk's event handler, with the registry's bulk, death and merge events followed first."""
 
     async def handle(conn: asyncpg.Connection, event: CloudEvent) -> None:
         if event.type == RESIDENTS_IMPORTED:
-            for arrival in arrivals(event):
+            for arrival in await arrivals_that_matter(conn, event, book):
                 await on_event(conn, arrival)
         elif event.type == PERSON_DIED:
             await person_died(conn, _parse(PersonDied, event), at=event.time)
@@ -79,6 +80,21 @@ def arrivals(event: CloudEvent) -> list[CloudEvent]:
         )
         for a in chunk.arrivals
     ]
+
+
+async def arrivals_that_matter(conn: asyncpg.Connection, event: CloudEvent, book: RuleBook) -> list[CloudEvent]:
+    """Of an imported chunk's arrivals, those an arrival changes something for: a key person with an open ledger
+    entry (it follows them), or a rule on arrivals. The others cost nothing, so a large import stays cheap."""
+    every = arrivals(event)
+    hashes = [a.data["id_hash"] for a in every]
+    followed = {
+        r["person_hash"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT person_hash FROM ledger_entries WHERE status = 'open' AND person_hash = ANY($1::text[])",
+            hashes,
+        )
+    }
+    return [a for a in every if a.data["id_hash"] in followed or book.matching(a.type, a.data)]
 
 
 async def visit_changed(conn: asyncpg.Connection, event: CloudEvent) -> None:

@@ -27,7 +27,8 @@ def build(settings: RiskSettings | None = None) -> Service:
             book=book,
             escalate_after=escalate_after,
             letting_window=timedelta(days=settings.letting_departure_window_days),
-        )
+        ),
+        book=book,
     )
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]
