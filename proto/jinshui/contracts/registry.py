@@ -41,6 +41,8 @@ REGISTRY_PERSON_DIED = "registry.person.died"
 REGISTRY_PERSONS_MERGED = "registry.person.merged"
 REGISTRY_HOUSEHOLD_SPLIT = "registry.household.split"
 REGISTRY_HOUSEHOLDS_MERGED = "registry.household.merged"
+# A version that v1 consumers cannot read goes on a subject of its own, so that their filters never see it.
+REGISTRY_VISIT_RECORDED_V2 = "registry.visit.recorded_v2"
 
 
 class VisitConcern(StrEnum):
@@ -110,6 +112,40 @@ class VisitRecorded(Contract):
     follow_up_requested: bool
     submission_id: str
     record_index: int
+
+
+class VisitRecordedV2(Contract):
+    """v2 of visit.recorded: who visited is the submitter with their role (`visited_by`, was `grid_worker`), and
+    who was met is carried (how many people, and the registered persons' ids). Published on its own subject
+    (REGISTRY_VISIT_RECORDED_V2) beside v1 while consumers move over; see proto/CONTRACTS.md."""
+
+    visit_id: str
+    household_code: HouseholdCode
+    grid: AreaCode
+    beat: AreaCode
+    visited_by: Submitter
+    visited_at: datetime
+    concerns: list[VisitConcern]
+    follow_up_requested: bool
+    people_present: int
+    persons_present: list[str]
+    submission_id: str
+    record_index: int
+
+    def as_v1(self) -> VisitRecorded:
+        """The same visit as v1 carries it (what v1 lacks is left out), for publishing both during a transition."""
+        return VisitRecorded(
+            visit_id=self.visit_id,
+            household_code=self.household_code,
+            grid=self.grid,
+            beat=self.beat,
+            grid_worker=self.visited_by.sub,
+            visited_at=self.visited_at,
+            concerns=self.concerns,
+            follow_up_requested=self.follow_up_requested,
+            submission_id=self.submission_id,
+            record_index=self.record_index,
+        )
 
 
 # --- areas: grids (网格), police beats (警格), which beat covers which grid, who is assigned where ---------------
@@ -623,6 +659,7 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.visit.submitted.v1": VisitsSubmitted,
     "org.jinshui.registry.household.registered.v1": HouseholdRegistered,
     "org.jinshui.registry.visit.recorded.v1": VisitRecorded,
+    "org.jinshui.registry.visit.recorded.v2": VisitRecordedV2,
     "org.jinshui.registry.submission.settled.v1": SubmissionSettled,
     "org.jinshui.registry.grid.defined.v1": GridDefined,
     "org.jinshui.registry.beat.defined.v1": BeatDefined,

@@ -9,7 +9,7 @@ from typing import TypeVar
 import asyncpg
 from pydantic import BaseModel, ValidationError
 
-from jinshui.contracts.base import OutcomeStatus, RecordOutcome, SubmissionSettled
+from jinshui.contracts.base import OutcomeStatus, RecordOutcome, SubmissionSettled, Submitter
 from jinshui.contracts.envelope import CloudEvent, new_event
 from jinshui.contracts.events import HouseholdRegistered, VisitRecorded
 from jinshui.contracts.incidents import (
@@ -19,6 +19,8 @@ from jinshui.contracts.incidents import (
     PoliceCallsSubmitted,
     ReportsSubmitted,
 )
+from jinshui.contracts.registry import REGISTRY_VISIT_RECORDED_V2, VisitRecordedV2
+from jinshui.contracts.streams import REGISTRY_VISIT_RECORDED
 from jinshui.incidents import addresses
 from jinshui.incidents.intake import NewSource, NotYetKnown, Rejected, persons_of, take_in
 from jinshui.incidents.journal import SOURCE, derived_id
@@ -128,9 +130,31 @@ async def settle(conn: asyncpg.Connection, *, submission_id: str, outcomes: list
     await outbox.add(conn, event=settled, subject=INCIDENTS_SUBMISSION_SETTLED)
 
 
+# visit.recorded, both versions: v2 is taken as it is, v1 as the v2 it would have been (what it lacks left
+# empty). The effects are keyed by the visit (its id and concern), so the same visit in both versions (the
+# registry publishes both while consumers move over) is taken in once. See proto/CONTRACTS.md.
+VISIT_RECORDED_V1 = "org.jinshui.registry.visit.recorded.v1"
+VISIT_RECORDED_V2 = "org.jinshui.registry.visit.recorded.v2"
+VISIT_SUBJECTS = [REGISTRY_VISIT_RECORDED + ".>", REGISTRY_VISIT_RECORDED_V2 + ".>"]
+
+
+def _visit(event: CloudEvent) -> VisitRecordedV2:
+    if event.type == VISIT_RECORDED_V2:
+        return _parse(VisitRecordedV2, event, "visit")
+    if event.type != VISIT_RECORDED_V1:
+        raise Permanent(f"incidents does not take {event.type} on the visit subjects")
+    v1 = _parse(VisitRecorded, event, "visit")
+    return VisitRecordedV2(
+        **v1.model_dump(exclude={"grid_worker"}),
+        visited_by=Submitter(sub=v1.grid_worker, role="grid_worker"),
+        people_present=0,
+        persons_present=[],
+    )
+
+
 async def on_visit_recorded(conn: asyncpg.Connection, event: CloudEvent) -> None:
     """A visit whose concerns include a dispute or a hazard also opens (or joins) a report."""
-    visit = _parse(VisitRecorded, event, "visit")
+    visit = _visit(event)
     for concern in visit.concerns:
         if concern.value not in VISIT_REPORTS:
             continue
@@ -140,7 +164,7 @@ async def on_visit_recorded(conn: asyncpg.Connection, event: CloudEvent) -> None
             category=concern.value,
             occurred_at=visit.visited_at,
             household_code=visit.household_code,
-            submitted_by=visit.grid_worker,
+            submitted_by=visit.visited_by.sub,
             submission_id=visit.submission_id,
             record_index=visit.record_index,
             grid=visit.grid,

@@ -72,7 +72,7 @@ def build(settings: IncidentsSettings | None = None) -> Service:
         ConsumerSpec(
             durable="incidents-visits",
             stream=streams.REGISTRY,
-            subjects=[streams.REGISTRY_VISIT_RECORDED + ".>"],
+            subjects=handlers.VISIT_SUBJECTS,  # visit.recorded v1 and v2 (upgraded: see proto/CONTRACTS.md)
             handler=handlers.on_visit_recorded,
         )
     )

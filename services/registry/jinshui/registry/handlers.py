@@ -13,7 +13,7 @@ from jinshui.contracts.events import (
     OutcomeStatus,
     RecordOutcome,
     SubmissionSettled,
-    VisitRecorded,
+    VisitRecordedV2,
     VisitsSubmitted,
 )
 from jinshui.contracts.registry import (
@@ -65,8 +65,12 @@ async def _settle(conn: asyncpg.Connection, submission_id: str, outcomes: list[R
     await emit(conn, data, id=derived_id("settled", submission_id), key=None, time=at)
 
 
-async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock) -> None:
-    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction."""
+async def record_visits(
+    conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock, publish: tuple[int, ...] = (1,)
+) -> None:
+    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction.
+
+    `publish`: which versions of visit.recorded to publish (both, while consumers move from v1 to v2)."""
     batch = _batch(VisitsSubmitted, event_)
     codes = sorted({r.household_code for r in batch.records})
     households = {
@@ -131,21 +135,25 @@ async def record_visits(conn: asyncpg.Connection, event_: CloudEvent, *, clock: 
                 event_.time,
             )
         )
-        recorded = VisitRecorded(
+        recorded = VisitRecordedV2(
             visit_id=visit_id,
             household_code=record.household_code,
             grid=household["grid"],
             beat=household["beat"],
-            grid_worker=batch.submitter.sub,
+            visited_by=batch.submitter,
             visited_at=record.visited_at,
             concerns=record.concerns,
             follow_up_requested=record.follow_up_requested,
+            people_present=record.people_present,
+            persons_present=sorted({persons[p] for p in record.persons_present}),
             submission_id=batch.submission_id,
             record_index=index,
         )
-        events.append(
-            event(recorded, id=derived_id("visit.recorded", visit_id), key=record.household_code, time=event_.time)
-        )
+        key, at = record.household_code, event_.time
+        if 1 in publish:
+            events.append(event(recorded.as_v1(), id=derived_id("visit.recorded", visit_id), key=key, time=at))
+        if 2 in publish:
+            events.append(event(recorded, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
         outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.applied, ref=visit_id))
     if rows:
         await conn.executemany(

@@ -45,6 +45,9 @@ def build(settings: RegistrySettings | None = None) -> Service:
 
     svc.on_metrics(rekey.refresh_gauges)
     by_type = {**{t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}, **UNTIMED_HANDLERS}
+    by_type["org.jinshui.intake.visit.submitted.v1"] = partial(
+        handlers.record_visits, clock=svc.clock, publish=settings.visit_versions
+    )
 
     async def intake(conn, event):
         handler = by_type.get(event.type)
