@@ -37,13 +37,18 @@ def build(settings: RegistrySettings | None = None) -> Service:
     svc = Service(name="registry", settings=settings, migrations=Path(__file__).parent / "migrations")
     svc.app.state.keyring = settings.pii_keyring()
     watch_keyring(svc, settings, interval=settings.pii_keys_check_seconds)
-    resealer = rekey.Resealer(svc=svc, batch=settings.pii_reseal_batch, interval=settings.pii_reseal_interval_seconds)
+    resealer = rekey.Resealer(
+        svc=svc,
+        batch=settings.pii_reseal_batch,
+        interval=settings.pii_reseal_interval_seconds,
+        recheck=settings.pii_reseal_recheck_seconds,
+    )
 
     @svc.on_start
     async def _reseal(s: Service) -> None:
         s.spawn(resealer.run(), name="pii-reseal")
 
-    svc.on_metrics(rekey.refresh_gauges)
+    svc.on_metrics(rekey.gauges(resealer))
     by_type = {**{t: partial(h, clock=svc.clock) for t, h in INTAKE_HANDLERS.items()}, **UNTIMED_HANDLERS}
     by_type["org.jinshui.intake.visit.submitted.v1"] = partial(
         handlers.record_visits, clock=svc.clock, publish=settings.visit_versions

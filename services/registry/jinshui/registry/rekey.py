@@ -3,13 +3,15 @@
 A background loop walks each protected column in primary-key order, a small batch per transaction, claiming
 rows with FOR UPDATE SKIP LOCKED (a row a request holds is left for the next pass), and re-seals every value
 whose key id is not the active key. The keyed hashes are not touched: the hash key is separate, and look-ups
-by hash keep working throughout. Progress is on /metrics: values per key id, and values re-sealed.
+by hash keep working throughout. Progress is on /metrics: values per key id (counted at the end of each pass),
+and values re-sealed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -78,11 +80,17 @@ async def reseal_batch(pool: asyncpg.Pool, keyring: Keyring, table: Table, *, af
 
 
 class Resealer:
-    """The background loop: one pass over every table, then a rest of `interval` seconds when nothing was left."""
+    """The background loop. A pass walks every table; it runs when the active key is not yet known to be the only
+    one in use (after a start or a key change, and while some rows are held by other transactions), and
+    otherwise every `recheck` seconds, for values sealed under an older key after the last pass (a gateway that
+    had not yet reloaded, INTAKE messages sealed before the change). Idle, it costs nothing."""
 
-    def __init__(self, *, svc, batch: int = 200, interval: float = 1.0) -> None:
-        self.svc, self.batch, self.interval = svc, batch, interval
+    def __init__(self, *, svc, batch: int = 200, interval: float = 1.0, recheck: float = 300.0) -> None:
+        self.svc, self.batch, self.interval, self.recheck = svc, batch, interval, recheck
         self.last_error: str | None = None
+        self.counts: dict[str, int] | None = None  # stored values per key id, at the end of the last pass
+        self._clean_under: str | None = None  # the active key when a pass last found nothing left to re-seal
+        self._clean_at = 0.0
 
     async def one_pass(self) -> int:
         """Re-seal everything not under the active key that is not locked; how many batches did work."""
@@ -97,27 +105,38 @@ class Resealer:
                 after, worked = last, worked + 1
         return worked
 
+    def due(self) -> bool:
+        active = self.svc.app.state.keyring.active
+        return active != self._clean_under or time.monotonic() - self._clean_at >= self.recheck
+
     async def run(self) -> None:
         while not self.svc._stopping:
             try:
-                worked = await self.one_pass()
+                if self.due():
+                    active = self.svc.app.state.keyring.active
+                    if not await self.one_pass():
+                        async with self.svc.pool.acquire() as conn:
+                            self.counts = await count_by_key(conn)
+                        if set(self.counts) <= {active}:  # else: rows held by others, left for the next pass
+                            self._clean_under, self._clean_at = active, time.monotonic()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # e.g. a value under a key this keyring lacks: said on /metrics and in the log
                 self.last_error = repr(e)
                 log.error("re-sealing personal data failed; retrying", extra={"error": repr(e)})
-                worked = 0
-            if not worked:
-                await asyncio.sleep(self.interval)  # the service's stop is seen within one interval
+            await asyncio.sleep(self.interval)  # the service's stop is seen within one interval
 
 
-async def refresh_gauges(svc) -> None:
-    """The /metrics hook: values per key, and which key is active."""
-    async with svc.pool.acquire() as conn:
-        counts = await count_by_key(conn)
-    SEALED.clear()
-    for key_id, n in counts.items():
-        SEALED.labels(key_id).set(n)
-    ACTIVE.clear()
-    ACTIVE.labels(svc.app.state.keyring.active).set(1)
+def gauges(resealer: Resealer):
+    """The /metrics hook: values per key (as the last pass counted them), and which key is active."""
+
+    async def refresh(svc) -> None:
+        if resealer.counts is not None:
+            SEALED.clear()
+            for key_id, n in resealer.counts.items():
+                SEALED.labels(key_id).set(n)
+        ACTIVE.clear()
+        ACTIVE.labels(svc.app.state.keyring.active).set(1)
+
+    return refresh
