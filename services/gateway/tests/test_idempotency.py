@@ -10,6 +10,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from fastapi.responses import JSONResponse
+from nats.js.errors import NoStreamResponseError
 from starlette.requests import Request
 
 from jinshui.contracts.streams import Naming
@@ -104,3 +105,42 @@ async def test_a_failed_attempt_releases_the_key(idem):
         return JSONResponse({"submission_id": "s-3"}, status_code=202)
 
     assert (await run_idempotent(idem, request("retry-me"), CALLER, fine)).status_code == 202
+
+
+class _BucketAwayForAMoment:
+    """The KV bucket as it is while its stream elects a leader: the first deletes find no stream to answer."""
+
+    def __init__(self, kv, failures: int) -> None:
+        self.kv, self.failures = kv, failures
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+    async def delete(self, key, last=None):
+        if self.failures > 0:
+            self.failures -= 1
+            raise NoStreamResponseError()
+        return await self.kv.delete(key, last=last)
+
+
+async def test_a_key_whose_release_met_a_leader_election_is_freed_soon_after_not_at_the_lease(idem):
+    away = Idempotency(_BucketAwayForAMoment(idem.kv, failures=2), lease_seconds=30)
+
+    async def unavailable():
+        raise Problem(503, "the submission could not be made durable")
+
+    with pytest.raises(Problem):
+        await run_idempotent(away, request("election"), CALLER, unavailable)
+
+    async def fine():
+        return JSONResponse({"submission_id": "s-4"}, status_code=202)
+
+    deadline = time.monotonic() + 5  # well inside the 30 s lease
+    while True:
+        try:
+            response = await run_idempotent(away, request("election"), CALLER, fine)
+            break
+        except Problem as p:
+            assert p.status == 409 and time.monotonic() < deadline, "the key stayed claimed until its lease"
+            await asyncio.sleep(0.05)
+    assert response.status_code == 202

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -9,10 +10,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from jinshui.kit.problems import Problem
@@ -23,6 +25,16 @@ KEY_NS = uuid.UUID("b1f4e0a2-7c39-4d55-8e61-2f9d0c4a6b17")
 HEADER = "Idempotency-Key"
 INTEGRATION_CLIENTS = ("grid_platform", "police_platform", "gate_system")
 MAX_KEY_LENGTH = 255
+RELEASE_RETRY_SECONDS = 0.25
+# What a bucket answers while its stream elects a leader or the connection moves to another server.
+TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 
 
 class Idempotency:
@@ -30,6 +42,7 @@ class Idempotency:
 
     def __init__(self, kv: KeyValue, *, lease_seconds: float = 30.0) -> None:
         self.kv, self.lease_seconds = kv, lease_seconds
+        self._releasing: set[asyncio.Task] = set()
 
     @staticmethod
     def _kv_key(caller: Identity, request: Request, key: str) -> str:
@@ -111,10 +124,30 @@ class Idempotency:
         )
 
     async def _release(self, kv_key: str, revision: int) -> None:
+        if not await self._try_release(kv_key, revision):
+            # The bucket is away for a moment (its stream's leader election, a reconnect): keep trying in the
+            # background, so that the client's retry is taken soon after it is back, not only when the lease ends.
+            task = asyncio.create_task(
+                self._release_later(kv_key, revision, until=time.monotonic() + self.lease_seconds)
+            )
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _try_release(self, kv_key: str, revision: int) -> bool:
+        """Delete the claim; False only when the bucket could not be reached (worth another try)."""
         try:
             await self.kv.delete(kv_key, last=revision)
+        except TRANSIENT:
+            return False
         except Exception:
-            pass  # the lease expires on its own
+            pass  # taken over or already gone: the lease expires on its own if need be
+        return True
+
+    async def _release_later(self, kv_key: str, revision: int, *, until: float) -> None:
+        while time.monotonic() < until:
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
+            if await self._try_release(kv_key, revision):
+                return
 
 
 class _Replay(Exception):
