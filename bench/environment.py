@@ -21,6 +21,7 @@ from bench.http import LeanHttp
 from jinshui.cli._proc import process_alive
 from jinshui.cli.embedded import NatsServer, PgServer, ensure_database, start_nats, start_postgres, stop_stale_servers
 from jinshui.cli.stack import SERVICES, Stack
+from jinshui.kit import natsconn
 from jinshui.kit.tokens import issue_token
 
 TMP_PREFIX = "jinshui-bench-"
@@ -325,7 +326,7 @@ class BenchEnv:
         while True:
             self.check_services()
             busy = []
-            for stream in await self.js.streams_info():
+            for stream in await natsconn.all_streams(self.js):
                 for info in await self.js.consumers_info(stream.config.name):
                     if info.config.durable_name and (info.num_pending or info.num_ack_pending):
                         busy.append(f"{info.name}: {info.num_pending} pending, {info.num_ack_pending} unacked")

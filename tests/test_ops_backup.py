@@ -17,6 +17,7 @@ import psutil
 from nats.js.errors import NotFoundError
 
 from jinshui.contracts.streams import Naming
+from jinshui.kit import natsconn
 from jinshui.kit.testing import eventually
 from jinshui.kit.tokens import issue_token
 
@@ -57,7 +58,7 @@ async def tables(database_url: str) -> dict[str, list[str]]:
 async def streams(js, naming: Naming) -> dict[str, dict]:
     """Each of the test's streams: its state and every message (subject, headers, payload) by sequence."""
     out = {}
-    for info in await js.streams_info():
+    for info in await natsconn.all_streams(js):  # the session's NATS holds more than one page
         name = info.config.name
         if not (name.startswith(naming.prefix.upper() + "_") or name.startswith(f"KV_{naming.prefix}_")):
             continue

@@ -14,6 +14,7 @@ import httpx
 import nats
 import pytest
 
+from jinshui.kit import natsconn
 from jinshui.kit.testing import eventually
 from jinshui.kit.testing import id_number as fake_id
 from jinshui.kit.tokens import issue_token
@@ -42,7 +43,7 @@ async def every_stream_message(nats_url: str, prefix: str) -> bytes:
     js = nc.jetstream()
     out = bytearray()
     try:
-        for info in await js.streams_info():
+        for info in await natsconn.all_streams(js):  # every page: the session's NATS holds many tests' streams
             name = info.config.name
             if not (name.startswith(prefix.upper() + "_") or name.startswith(f"KV_{prefix}_")):
                 continue

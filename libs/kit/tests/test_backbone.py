@@ -192,3 +192,20 @@ async def test_a_handler_refusal_and_exhausted_retries_are_dead_lettered_with_th
 async def _count(coro, n):
     items = await coro
     return items if len(items) >= n else None
+
+
+async def test_all_streams_reads_past_the_first_page(servers, stream_prefix):
+    # The server lists 256 streams a page; a backup or a scan that read only the first would miss some.
+    nc = await nats.connect(servers.nats_url)
+    js = nc.jetstream()
+    names = [f"{stream_prefix.upper()}_PAGE{i:03d}" for i in range(300)]
+    try:
+        await asyncio.gather(
+            *(js.add_stream(name=n, subjects=[f"{stream_prefix}.page{i}"]) for i, n in enumerate(names))
+        )
+        assert len(await js.streams_info()) <= 256 < len(names), "one page holds fewer than all"
+        listed = {s.config.name for s in await natsconn.all_streams(js)}
+        assert set(names) <= listed
+    finally:
+        await asyncio.gather(*(js.delete_stream(n) for n in names), return_exceptions=True)
+        await nc.close()

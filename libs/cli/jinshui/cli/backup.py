@@ -48,6 +48,7 @@ from nats.js.errors import NotFoundError
 from jinshui.cli import opsconn
 from jinshui.cli.stack import SERVICES
 from jinshui.contracts.streams import Naming
+from jinshui.kit import natsconn
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -174,7 +175,7 @@ def _own(name: str, naming: Naming) -> bool:
 
 async def own_streams(js: JetStreamContext, naming: Naming) -> list[str]:
     """The deployment's streams (its prefix's, KV buckets included), by name."""
-    return sorted(s.config.name for s in await js.streams_info() if _own(s.config.name, naming))
+    return sorted(s.config.name for s in await natsconn.all_streams(js) if _own(s.config.name, naming))
 
 
 async def dump_stream(js: JetStreamContext, name: str, out: Path) -> dict[str, Any]:

@@ -66,6 +66,14 @@ async def ensure_streams(
             await js.update_stream(config)
 
 
+async def all_streams(js: JetStreamContext) -> list:
+    """Every stream's info: the server answers a page at a time (256), so a long list is read to its end."""
+    out: list = []
+    while page := await js.streams_info(offset=len(out)):
+        out += page
+    return out
+
+
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer, or update it to this configuration."""
     try:
