@@ -62,9 +62,22 @@ class Report:
     alerts_seen: int = 0
     refused_503: int = 0
     recovery_seconds: float = 0.0
+    longest_wait: float = 0.0
     by_kind: Counter = field(default_factory=Counter)  # accepted records per kind
     effects: Counter = field(default_factory=Counter)  # effects found (at most the expected number), per kind
     effects_expected: Counter = field(default_factory=Counter)
+
+    def tally(self, kind: str, what: str, *, expected: dict[str, int], found: dict[str, int]) -> None:
+        """Count one kind's effects: `expected` and `found` map each record's key to how many effects it has."""
+        for key, want in expected.items():
+            got = found.get(key, 0)
+            self.effects_expected[kind] += want
+            self.effects[kind] += min(got, want)
+            if got < want:
+                self.lost.append(f"{what} {key}: {got} of {want}")
+            elif got > want:
+                self.duplicated.append(f"{what} {key}: {got} for {want}")
+        self.duplicated += [f"{what} {key}: {n} unexpected" for key, n in found.items() if key not in expected]
 
     def line(self, name: str) -> str:
         mix = " ".join(f"{k}={self.by_kind[k]}" for k in KINDS)
@@ -72,7 +85,8 @@ class Report:
         return (
             f"{name}: accepted={self.accepted} applied={self.applied} lost={len(self.lost)} "
             f"duplicated={len(self.duplicated)} alerts={self.alerts_seen}/{self.alerts_expected} "
-            f"503s={self.refused_503} recovery={self.recovery_seconds:.1f}s mix[{mix}] effects[{effects}]"
+            f"503s={self.refused_503} recovery={self.recovery_seconds:.1f}s longest_wait={self.longest_wait:.1f}s "
+            f"mix[{mix}] effects[{effects}]"
         )
 
 
@@ -296,6 +310,7 @@ class Load:
         self.matched_plates: set[str] = set()
         self.refused_503 = 0
         self.probes = 0
+        self.longest_wait = 0.0  # seconds from a batch's first attempt to its acceptance, the worst of the run
         self.headers = {kind: platform.auth(*SUBMITTERS[kind]) for kind in KINDS}
 
     @property
@@ -399,7 +414,8 @@ class Load:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     async def _post_until_accepted(self, path: str, body: dict, headers: dict) -> str:
-        deadline = time.monotonic() + 180
+        first = time.monotonic()
+        deadline = first + 180
         while time.monotonic() < deadline:
             try:
                 r = await self.p.http.post(path, json=body, headers=headers)
@@ -407,6 +423,7 @@ class Load:
                 await asyncio.sleep(0.2)
                 continue
             if r.status_code == 202 or (r.status_code == 200 and "submission_id" in r.text):
+                self.longest_wait = max(self.longest_wait, time.monotonic() - first)
                 return r.json()["submission_id"]
             if r.status_code in (409, 429, 503, 502, 504):
                 self.refused_503 += r.status_code == 503
@@ -431,7 +448,7 @@ class Load:
 async def check(platform: Platform, load: Load, observer: Observer, *, timeout: float = 180) -> Report:
     """Wait until every accepted submission is settled and every expected alert seen, then count each accepted
     record's effect in the owning service's tables: exactly once."""
-    report = Report(accepted=load.accepted_records, refused_503=load.refused_503)
+    report = Report(accepted=load.accepted_records, refused_503=load.refused_503, longest_wait=load.longest_wait)
     for a in load.accepted.values():
         report.by_kind[a.kind] += a.records
     pending = dict(load.accepted)
@@ -484,15 +501,7 @@ async def _count_effects(platform: Platform, load: Load, report: Report) -> None
         sids[a.kind].append(sid)
 
     def tally(kind: str, what: str, expected: dict[str, int], found: dict[str, int]) -> None:
-        for key, want in expected.items():
-            got = found.get(key, 0)
-            report.effects_expected[kind] += want
-            report.effects[kind] += min(got, want)
-            if got < want:
-                report.lost.append(f"{what} {key}: {got} of {want}")
-            elif got > want:
-                report.duplicated.append(f"{what} {key}: {got} for {want}")
-        report.duplicated += [f"{what} {key}: {n} unexpected" for key, n in found.items() if key not in expected]
+        report.tally(kind, what, expected=expected, found=found)
 
     conn = await asyncpg.connect(platform.db)
     try:

@@ -22,20 +22,25 @@ SERVICES = ("registry", "incidents", "risk", "gateway")
 
 
 async def run_with_faults(tmp_path, inject, *, nats_extra: str = "", nats_cluster: int = 1, name: str):
+    phases: dict[str, float] = {}
+    started = time.monotonic()
     async with Platform(tmp_path, nats_extra=nats_extra, nats_cluster=nats_cluster) as p:
         load = Load(p)
         await load.prepare()
+        phases["start"] = time.monotonic() - started
         observer = Observer(p)
         observer.start()
         try:
             faults = asyncio.create_task(inject(p, load))
             await load.run()
+            phases["load"] = time.monotonic() - started - phases["start"]
             recovery = await faults
             report = await check(p, load, observer)
             report.recovery_seconds = recovery or 0.0
+            phases["settled"] = time.monotonic() - started - phases["start"] - phases["load"]
         finally:
             await observer.stop()
-    print(report.line(name))
+    print(report.line(name), "in", " ".join(f"{k}={v:.1f}s" for k, v in phases.items()))
     assert report.lost == [], report.lost[:10]
     assert report.duplicated == [], report.duplicated[:10]
     assert report.applied == report.accepted
