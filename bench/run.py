@@ -166,7 +166,7 @@ def floors_table(floors: dict, cpu: dict | None = None) -> str:
     lines = [f"floors (this machine, this run{meanwhile}):"]
     for key, f in floors.items():
         extra = f", p50 {f['p50_ms']:.2f} ms" if "p50_ms" in f else ""
-        lines.append(f"  {key:<17} {_num(f['rate']):>10} {f['unit']:<7} {f['what']}{extra}")
+        lines.append(f"  {key:<29} {_num(f['rate']):>10} {f['unit']:<7} {f['what']}{extra}")
     return "\n".join(lines)
 
 
@@ -335,6 +335,8 @@ async def _run(args: argparse.Namespace, size: Size, chosen: list[str]) -> dict:
         results["floors"].update(await nats_floors(env.nats.url, **floor_size))
         results["floors"].update(await postgres_floors(env.pg.url, **floor_size))
         results["floors_cpu"] = servers.end(window).as_dict()
+        say("measuring what `sync_interval: always` costs (a second nats-server with the default sync)…")
+        results["floors"].update(await _default_sync_floors(env, floor_size))
         say("starting the four services…")
         t = time.perf_counter()
         await env.start_stack()
@@ -387,6 +389,23 @@ async def _run(args: argparse.Namespace, size: Size, chosen: list[str]) -> dict:
         await env.close()
         results["run"]["took_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+async def _default_sync_floors(env: BenchEnv, floor_size: dict) -> dict:
+    """The publish floors on a nats-server with the default `sync_interval` (the OS flushes every 2 minutes): set
+    beside the run's own (`always`: acknowledged means on disk), they are the durability setting's cost."""
+    from jinshui.cli.embedded import start_nats
+
+    assert env.root is not None
+    server = start_nats(env.root / "nats-default-sync", sync_always=False)
+    try:
+        measured = await nats_floors(server.url, **floor_size)
+    finally:
+        server.stop()
+    out = {}
+    for key in ("publish_one", "publish_windowed"):
+        out[f"{key}_default_sync"] = {**measured[key], "what": measured[key]["what"] + " (sync_interval default)"}
+    return out
 
 
 async def _endpoints_since(env: BenchEnv, results: dict) -> None:
