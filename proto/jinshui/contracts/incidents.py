@@ -28,6 +28,7 @@ __all__ = [
     "MediationMethod",
     "MediationOutcome",
     "MediationRecorded",
+    "PersonLinked",
     "PersonMention",
     "PoliceCallRecord",
     "PoliceCallsSubmitted",
@@ -428,6 +429,24 @@ class FollowUpRecorded(Contract):
     beat: AreaCode | None = None
 
 
+class PersonLinked(Contract):
+    """A person named only by name in a source was linked by hand to a person by ID number (its keyed hash).
+
+    `source` is the source as it is now, in the shape risk's rules read (`source.person_hashes`...).
+    """
+
+    incident_id: str
+    source: SourceRef
+    person_index: int = Field(ge=0)
+    id_masked: str
+    by: str
+    reason: str
+    at: datetime
+    household_code: HouseholdCode | None = None
+    grid: AreaCode | None = None
+    beat: AreaCode | None = None
+
+
 # CloudEvents type -> model, for every contract this domain publishes (or the gateway publishes for it).
 TYPES: dict[str, type[Contract]] = {
     "org.jinshui.intake.police_call.submitted.v1": PoliceCallsSubmitted,
@@ -449,4 +468,5 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.incidents.incident.extension_requested.v1": ExtensionRequested,
     "org.jinshui.incidents.incident.extension_decided.v1": ExtensionDecided,
     "org.jinshui.incidents.incident.follow_up_recorded.v1": FollowUpRecorded,
+    "org.jinshui.incidents.incident.person_linked.v1": PersonLinked,
 }

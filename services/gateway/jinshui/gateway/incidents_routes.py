@@ -7,7 +7,8 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+import orjson
+from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from jinshui.contracts.base import MAX_BATCH, HouseholdCode
@@ -347,3 +348,88 @@ _command(
     response_model=FollowUpRecorded,
     status_code=201,
 )
+
+
+# --- persons named only by name: listed, and linked by hand to an ID number sealed here -------------------------
+class UnresolvedMention(BaseModel):
+    """A person a source names only by name (an unresolved mention), with where it stands."""
+
+    incident_id: str
+    source_id: str
+    index: int = Field(description="The person's place in the source's list of persons")
+    name: str | None = None
+    role: str | None = None
+    origin: str
+    external_id: str
+    category: str
+    occurred_at: datetime
+    received_at: datetime
+    household_code: str | None = None
+    address: str | None = None
+    address_resolved: bool
+    status: IncidentStatus
+    grid: str | None = None
+    beat: str | None = None
+
+
+class MentionPage(BaseModel):
+    items: list[UnresolvedMention]
+    next_cursor: str | None = None
+
+
+class PersonLinkIn(_In):
+    id_number: IdNumber
+    reason: Reason
+
+
+class PersonLinkedOut(BaseModel):
+    """The mention, now identified: only the masked form of the number is shown."""
+
+    incident_id: str
+    source_id: str
+    index: int
+    name: str | None = None
+    role: str | None = None
+    id_masked: str
+    resolved: bool
+    linked_by: str
+    linked_at: datetime
+    reason: str
+
+
+@router.get(
+    "/mentions/unresolved",
+    response_model=MentionPage,
+    summary="Persons named only by name, waiting to be linked",
+    description="Oldest first, within the caller's grids and beats; `next_cursor` gives the next page.",
+)
+async def unresolved_mentions(
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[Identity, allowed("GET", "/v1/mentions/unresolved")],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+):
+    return await forward(request, svc, caller, svc.settings.incidents_url, request.url.path)
+
+
+@router.post(
+    "/incidents/{incident_id}/sources/{source_id}/persons/{index}/link",
+    response_model=PersonLinkedOut,
+    summary="Link a person named only by name to their ID number",
+    description="The ID number is sealed here, as for police calls; incidents gets its keyed hash and masked form.",
+)
+async def link_person(
+    incident_id: str,
+    source_id: str,
+    index: Annotated[int, Path(ge=0, le=49)],
+    body: PersonLinkIn,
+    request: Request,
+    svc: ServiceDep,
+    caller: Annotated[
+        Identity, allowed("POST", "/v1/incidents/{incident_id}/sources/{source_id}/persons/{index}/link")
+    ],
+):
+    [mention] = protect(svc.app.state.keyring, [PersonIn(id_number=body.id_number)])
+    sealed = {"id_number": mention.id_number.model_dump(mode="json"), "reason": body.reason}
+    return await forward(request, svc, caller, svc.settings.incidents_url, request.url.path, body=orjson.dumps(sealed))

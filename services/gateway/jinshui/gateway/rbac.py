@@ -31,6 +31,12 @@ INCIDENT_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/incidents/{incident_id}/sources"): ("mediator", "police", "community_admin"),
     ("POST", "/v1/incidents/{incident_id}/sources/{source_id}/unlink"): ("mediator", "police", "community_admin"),
     ("GET", "/v1/sources/unresolved"): ("mediator", "police", "community_admin"),
+    ("GET", "/v1/mentions/unresolved"): ("mediator", "police", "community_admin"),
+    ("POST", "/v1/incidents/{incident_id}/sources/{source_id}/persons/{index}/link"): (
+        "police",
+        "mediator",
+        "community_admin",
+    ),
     ("GET", "/v1/stats/incidents"): ("police", "mediator", "community_admin"),
     ("POST", "/v1/incidents/{incident_id}/rectification-deadline"): ("grid_worker", "police", "community_admin"),
     ("POST", "/v1/incidents/{incident_id}/inspections"): ("grid_worker", "police", "community_admin"),

@@ -15,8 +15,9 @@ from jinshui.contracts.incidents import (
     InspectionResult,
     MediationMethod,
     MediationOutcome,
+    ProtectedValue,
 )
-from jinshui.incidents import clocks, hazards, lifecycle, views
+from jinshui.incidents import clocks, hazards, lifecycle, mentions, views
 from jinshui.kit import scope
 from jinshui.kit.app import CallerDep, PoolDep, ServiceDep
 from jinshui.kit.problems import Problem
@@ -401,3 +402,38 @@ async def statistics(
     opened_to: Annotated[datetime | None, Query(alias="to")] = None,
 ):
     return await views.stats(pool, by=by, opened_from=opened_from, opened_to=opened_to)
+
+
+class PersonLink(Body):
+    id_number: ProtectedValue  # sealed at the gateway: the clear number never comes here
+    reason: Reason
+
+
+@router.get("/mentions/unresolved")
+async def unresolved_mentions(
+    pool: PoolDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+):
+    return await mentions.unresolved(pool, scope=await scope.scope_of(pool, caller), limit=limit, cursor=cursor)
+
+
+@router.post("/incidents/{incident_id}/sources/{source_id}/persons/{index}/link")
+async def link_person(
+    incident_id: str, source_id: str, index: int, body: PersonLink, pool: PoolDep, caller: CallerDep, svc: ServiceDep
+):
+    if body.id_number.kind != "id_number":
+        raise Problem(422, "a person is linked by ID number", errors=[{"field": "body.id_number", "reason": "kind"}])
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked(conn, incident_id, pool, caller)
+        return await mentions.link(
+            conn,
+            incident=row,
+            source_id=source_id,
+            index=index,
+            id_number=body.id_number,
+            reason=body.reason,
+            caller=caller,
+            at=svc.clock.now(),
+        )
