@@ -92,7 +92,7 @@ async def test_moves_not_allowed_from_the_state_or_for_the_role_are_refused_with
     assert got["status"] == "reported" and [t["what"] for t in got["timeline"]] == ["opened"], "nothing applied"
 
 
-async def test_a_mediator_links_and_unlinks_sources_by_hand_with_a_reason(desk):
+async def test_a_mediator_links_and_unlinks_sources_by_hand_with_a_reason(desk, servers, stream_prefix):
     first = await _dispute(desk, "JS7201")
     await desk.household("JS7202", "金水小区8-1-202")
     second = applied(await desk.police_calls(call("110-7202", household_code="JS7202")))
@@ -113,6 +113,13 @@ async def test_a_mediator_links_and_unlinks_sources_by_hand_with_a_reason(desk):
         "matched_source_id": None,
     }
     assert (await desk.http.get(f"/v1/incidents/{second}", headers=desk.auth("police"))).status_code == 404
+    # The link says where the incident is, so that rules (rule 1) can place an alert and a task from it.
+    linked = [
+        e["data"]
+        for e in await _incidents_events(servers, stream_prefix, "incidents.incident.source_linked.>")
+        if e["data"]["reason"]["fields"] == ["manual"]
+    ]
+    assert [(d["household_code"], d["grid"], d["beat"]) for d in linked] == [("JS7201", "G01", "B1")]
     r = await desk.http.post(
         f"/v1/incidents/{first}/sources/{source_id}/unlink",
         json={"reason": "不是同一件事"},
@@ -124,11 +131,11 @@ async def test_a_mediator_links_and_unlinks_sources_by_hand_with_a_reason(desk):
     assert len(r.json()["incident"]["sources"]) == 1
 
 
-async def _incidents_events(servers, prefix: str) -> list[dict]:
+async def _incidents_events(servers, prefix: str, subject: str = "incidents.deadline.>") -> list[dict]:
     nc = await nats.connect(servers.nats_url)
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{prefix}.incidents.deadline.>", stream=f"{prefix.upper()}_INCIDENTS")
+        sub = await js.pull_subscribe(f"{prefix}.{subject}", stream=f"{prefix.upper()}_INCIDENTS")
         try:
             msgs = await sub.fetch(50, timeout=2)
         except TimeoutError:

@@ -302,7 +302,16 @@ async def link(
         await conn.execute("UPDATE incidents SET merged_into = $2, updated_at = $3 WHERE id = $1", old, incident_id, at)
         await cancel_deadlines(conn, incident_id=old, deadlines=rules.DEADLINE_NAMES)
     await conn.execute("UPDATE incidents SET updated_at = $2 WHERE id = $1", incident_id, at)
-    data = SourceLinked(incident_id=incident_id, source=_ref(src), reason=match, at=at)
+    # Where the incident is, as correlation says it: rules (risk's rule 1) place their alerts and tasks by it.
+    data = SourceLinked(
+        incident_id=incident_id,
+        source=_ref(src),
+        reason=match,
+        at=at,
+        household_code=target["household_code"],
+        grid=target["grid"],
+        beat=target["beat"],
+    )
     await journal.record(
         conn, incident_id=incident_id, verb="source_linked", data=data, at=at, actor=caller.sub, event_id=command_id
     )
