@@ -36,8 +36,10 @@ browser:
 	@command -v chromium >/dev/null && fc-list :lang=zh family 2>/dev/null | grep -q . || \
 		(apt-get update && apt-get install -y chromium fonts-wqy-microhei)
 
+# Two workers, one per core: most of a test's time is spent waiting on the services it starts.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .jinshui
