@@ -453,10 +453,15 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
 
     async def assign(i: int) -> None:
         body = {"person": f"desk-{i}", "role": "officer", "area": f"BEAT{i % beats:02d}"}
-        async with sem:
-            r = await env.http.post("/v1/assignments", json=body, headers=admin)
-        if r.status_code not in (201, 409):
-            raise RuntimeError(f"assigning desk-{i}: HTTP {r.status_code} {r.text[:300]}")
+        for _ in range(20):  # the gateway limits each caller's rate: wait as it says
+            async with sem:
+                r = await env.http.post("/v1/assignments", json=body, headers=admin)
+            if r.status_code in (201, 409):
+                return
+            if r.status_code not in (429, 503):
+                break
+            await asyncio.sleep(min(float(r.headers.get("retry-after") or 0.2), 2.0))
+        raise RuntimeError(f"assigning desk-{i}: HTTP {r.status_code} {r.text[:300]}")
 
     await asyncio.gather(*(assign(i) for i in range(n_clients)))
     await env.wait_quiet(timeout=size.drain_timeout)
