@@ -39,6 +39,7 @@ async def demo(client: Registry) -> tuple[dict, str]:
 
 
 async def registry_events(client: Registry) -> int:
+    await client.published()
     nc = await nats.connect(client.nats_url)
     try:
         return (await nc.jetstream().stream_info(f"{client.prefix.upper()}_REGISTRY")).state.messages

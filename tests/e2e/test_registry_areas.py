@@ -7,6 +7,7 @@ import nats
 import orjson
 import pytest_asyncio
 
+from jinshui.kit.testing import eventually
 from jinshui.kit.tokens import issue_token
 
 PROBLEM = "application/problem+json"
@@ -20,6 +21,7 @@ class Registry(httpx.AsyncClient):
     nats_url: str
     prefix: str
     clock_file: str
+    registry_url: str
 
     def auth(self, role: str, sub: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {issue_token(home=self.home, role=role, sub=sub)}", **extra}
@@ -31,7 +33,9 @@ class Registry(httpx.AsyncClient):
         return r.json()
 
     async def stream_messages(self, stream: str) -> list[tuple[str, bytes]]:
-        """Every message now in this test's stream (subject without the prefix, raw data)."""
+        """Every message in this test's stream (subject without the prefix, raw data), once the registry's outbox is
+        published: what has been answered is all there."""
+        await self.published()
         nc = await nats.connect(self.nats_url)
         try:
             js = nc.jetstream()
@@ -45,7 +49,19 @@ class Registry(httpx.AsyncClient):
         finally:
             await nc.close()
 
+    async def published(self) -> None:
+        """Wait until the registry's outbox holds nothing unpublished: events committed with an answer reach the
+        stream a moment after the answer (the relay publishes them), so a test reads the stream only after this."""
+
+        async def drained():
+            async with httpx.AsyncClient(timeout=5) as c:
+                outbox = (await c.get(f"{self.registry_url}/status")).json().get("outbox", {})
+            return outbox.get("backlog") == 0
+
+        await eventually(drained, what="the registry's outbox to be published")
+
     async def events(self, type_suffix: str) -> list[dict]:
+        """The events of this test's REGISTRY stream whose type ends so."""
         found = []
         for _, data in await self.stream_messages("REGISTRY"):
             event = orjson.loads(data)
@@ -59,6 +75,7 @@ class Registry(httpx.AsyncClient):
         client = cls(base_url=s.url("gateway"), timeout=30)
         client.home, client.nats_url, client.prefix = service_env["JINSHUI_HOME"], servers.nats_url, stream_prefix
         client.clock_file = service_env["JINSHUI_CLOCK_FILE"]
+        client.registry_url = s.url("registry")
         return client
 
     async def set_up_areas(self) -> None:
