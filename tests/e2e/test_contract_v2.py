@@ -10,6 +10,7 @@ import orjson
 
 from jinshui.kit.testing import eventually
 
+from .settle import caught_up
 from .test_walking_skeleton import Gateway, codes
 
 V1 = "org.jinshui.registry.visit.recorded.v1"
@@ -51,7 +52,10 @@ async def test_v1_consumers_keep_working_while_v2_is_published_and_upgraded_ones
             items = found.json()["items"]
             return (alerts, items) if alerts and items else None
 
-        alerts, incidents = await eventually(alert_and_incident, timeout=60, interval=0.2, what="alert and incident")
+        await eventually(alert_and_incident, timeout=60, interval=0.2, what="alert and incident")
+        # Read once every consumer has taken both versions: a second report (or alert) would come after the first.
+        await caught_up(s)
+        alerts, incidents = await alert_and_incident()
         visits = [
             (subject, e) for subject, e in await stream(servers.nats_url, registry_stream) if "visit" in e["type"]
         ]
@@ -77,6 +81,7 @@ async def test_v1_consumers_keep_working_while_v2_is_published_and_upgraded_ones
             return found.json()["items"] or None
 
         [incident] = await eventually(from_v2, timeout=60, interval=0.2, what="the incident from v2")
+        await caught_up(s)  # the stream and the DLQ read below are complete: no consumer has anything in flight
         detail = (await gw.http.get(f"/v1/incidents/{incident['id']}", headers=gw.auth("mediator"))).json()
         assert detail["sources"][0]["submitted_by"] == "gw-2"
         types = [e["type"] for _, e in await stream(servers.nats_url, registry_stream) if e.get("subject") == later]

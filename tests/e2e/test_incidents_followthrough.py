@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest_asyncio
 
 from jinshui.kit.clock import advance
+from jinshui.kit.testing import eventually
 
 from .test_incidents_intake import PROBLEM, Desk, ago, applied, call, open_desk
 
@@ -40,7 +41,11 @@ async def close(desk: Desk, incident_id: str, *, satisfied: bool = True) -> None
 
 async def test_a_pause_stops_the_clocks_and_resuming_moves_every_deadline_by_the_time_paused(desk, service_env):
     await desk.household("JS9001", "金水小区9-1-101")
+    await desk.household("JS9002", "金水小区9-1-102")
     incident_id = applied(await desk.police_calls(call("110-9001", household_code="JS9001")))
+    # Not paused, opened later: once its hour to accept has fired, the deadlines have been looked at past the
+    # paused incident's own (timers fire in the order they are due).
+    control_id = applied(await desk.police_calls(call("110-9002", household_code="JS9002")))
     before = await desk.incident(incident_id)
     accept_due, resolve_due = due(before, "accept"), due(before, "resolve")
     path = f"/v1/incidents/{incident_id}/pause"
@@ -55,6 +60,11 @@ async def test_a_pause_stops_the_clocks_and_resuming_moves_every_deadline_by_the
     assert r.status_code == 403
 
     advance(service_env["JINSHUI_CLOCK_FILE"], 3 * 3600)  # past the hour to accept: nothing may fire while paused
+
+    async def control_overdue():
+        return (await desk.incident(control_id))["overdue"]
+
+    await eventually(control_overdue, timeout=30, interval=0.25, what="the unpaused incident's deadline to fire")
     r = await post(desk, f"/v1/incidents/{incident_id}/resume", {"reason": "当事人已回"}, "mediator")
     assert r.status_code == 200, r.text
     resumed = r.json()

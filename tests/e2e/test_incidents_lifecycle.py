@@ -11,6 +11,7 @@ import pytest_asyncio
 from jinshui.kit.clock import advance
 from jinshui.kit.testing import eventually
 
+from .settle import caught_up
 from .test_incidents_intake import PROBLEM, Desk, ago, applied, call, open_desk
 
 
@@ -113,7 +114,9 @@ async def test_a_mediator_links_and_unlinks_sources_by_hand_with_a_reason(desk, 
         "matched_source_id": None,
     }
     assert (await desk.http.get(f"/v1/incidents/{second}", headers=desk.auth("police"))).status_code == 404
-    # The link says where the incident is, so that rules (rule 1) can place an alert and a task from it.
+    # The link says where the incident is, so that rules (rule 1) can place an alert and a task from it: its event
+    # is published a moment after the answer (the outbox relay), so the stream is read once the outbox is.
+    await caught_up(desk.stack)
     linked = [
         e["data"]
         for e in await _incidents_events(servers, stream_prefix, "incidents.incident.source_linked.>")
@@ -165,6 +168,8 @@ async def test_a_deadline_that_passes_while_incidents_is_down_still_fires_after_
     got = await desk.incident(incident_id)
     fired = [(t["what"], t["detail"]["deadline"]) for t in got["timeline"] if t["actor"] == "system:deadlines"]
     assert fired == [("due_soon", "accept"), ("overdue", "accept")]
+
+    await caught_up(desk.stack)  # every deadline event published: a third (a deadline fired twice) would be there
 
     async def published():
         events = await _incidents_events(servers, stream_prefix)

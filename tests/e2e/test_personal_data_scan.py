@@ -20,6 +20,7 @@ from jinshui.kit.testing import id_number as fake_id
 from jinshui.kit.tokens import issue_token
 
 from .otlp import OtlpReceiver
+from .settle import caught_up
 
 
 def id_number(rng: random.Random) -> str:
@@ -137,7 +138,8 @@ async def test_no_id_number_or_phone_is_kept_in_clear_anywhere(stack, service_en
         r = await gw.post("/v1/residents/arrivals", json={"arrivals": [bad]}, headers=auth("grid_worker"))
         assert r.status_code == 422 and ids[0][:-1] not in r.text
 
-        # Let every span reach the collector and every consumer finish.
+        # Let every consumer finish (what it writes is scanned too) and every span reach the collector.
+        await caught_up(s)
         await eventually(lambda: len(collector.bodies) >= 4, timeout=30, what="spans exported")
 
     await s.stop()  # flushes the last spans and logs
