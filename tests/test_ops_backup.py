@@ -21,6 +21,8 @@ from jinshui.kit import natsconn
 from jinshui.kit.testing import eventually
 from jinshui.kit.tokens import issue_token
 
+from .e2e.settle import caught_up
+
 SCHEMAS = ("registry", "incidents", "risk")
 
 
@@ -115,6 +117,9 @@ async def test_backup_destroy_restore_gives_back_every_row_message_and_outcome(
     try:
         risk = f"{stream_prefix.upper()}_RISK"
         await eventually(lambda: _alerts(js, risk, len(codes)), what="an alert per visited household")
+        # Nothing in flight when they stop (every outbox published, every consumer through its stream): else the
+        # platform brought back below would finish that work, and "adds nothing" would not hold.
+        await caught_up(s)
         # The services stop, so that what is compared stands still; a backup could be taken while they run.
         for started in [s]:
             await started.stop()
