@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -43,6 +44,11 @@ REGISTRY_HOUSEHOLD_SPLIT = "registry.household.split"
 REGISTRY_HOUSEHOLDS_MERGED = "registry.household.merged"
 # A version that v1 consumers cannot read goes on a subject of its own, so that their filters never see it.
 REGISTRY_VISIT_RECORDED_V2 = "registry.visit.recorded_v2"
+# The visits of one submission in one beat, in one event (keyed by the beat): see VisitsRecorded.
+REGISTRY_VISITS_RECORDED = "registry.visits.recorded"
+# The registry's namespace for the ids it derives (uuid5), here so that a consumer reading a visit out of a
+# visits.recorded event can name it by the id its own visit.recorded event carries (visit_recorded_id).
+REGISTRY_NS = uuid.UUID("6f1c1f7e-8f4e-4a43-9b7a-6a1f0d6c2b11")
 
 
 class VisitConcern(StrEnum):
@@ -146,6 +152,23 @@ class VisitRecordedV2(Contract):
             submission_id=self.submission_id,
             record_index=self.record_index,
         )
+
+
+def visit_recorded_id(visit_id: str) -> str:
+    """The id of the visit.recorded event of a visit: the same whether the registry published that event or the
+    visit came in a visits.recorded batch, so that an effect keyed by it happens once either way."""
+    return str(uuid.uuid5(REGISTRY_NS, f"visit.recorded:{visit_id}"))
+
+
+class VisitsRecorded(Contract):
+    """The visits of one submission in one beat, recorded in one transaction and published as one event (on
+    REGISTRY_VISITS_RECORDED, keyed by the beat): what the registry publishes by default. A morning's upload of
+    500 visits is a handful of events instead of 500, so the registry, the stream and every consumer do their work
+    once per batch (proto/CONTRACTS.md). Each visit is as visit.recorded v2 carries it, in submission order."""
+
+    submission_id: str
+    beat: AreaCode
+    visits: list[VisitRecordedV2] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 # --- areas: grids (网格), police beats (警格), which beat covers which grid, who is assigned where ---------------
@@ -660,6 +683,7 @@ TYPES: dict[str, type[Contract]] = {
     "org.jinshui.registry.household.registered.v1": HouseholdRegistered,
     "org.jinshui.registry.visit.recorded.v1": VisitRecorded,
     "org.jinshui.registry.visit.recorded.v2": VisitRecordedV2,
+    "org.jinshui.registry.visits.recorded.v1": VisitsRecorded,
     "org.jinshui.registry.submission.settled.v1": SubmissionSettled,
     "org.jinshui.registry.grid.defined.v1": GridDefined,
     "org.jinshui.registry.beat.defined.v1": BeatDefined,

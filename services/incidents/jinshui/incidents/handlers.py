@@ -19,7 +19,12 @@ from jinshui.contracts.incidents import (
     PoliceCallsSubmitted,
     ReportsSubmitted,
 )
-from jinshui.contracts.registry import REGISTRY_VISIT_RECORDED_V2, VisitRecordedV2
+from jinshui.contracts.registry import (
+    REGISTRY_VISIT_RECORDED_V2,
+    REGISTRY_VISITS_RECORDED,
+    VisitRecordedV2,
+    VisitsRecorded,
+)
 from jinshui.contracts.streams import REGISTRY_VISIT_RECORDED
 from jinshui.incidents import addresses
 from jinshui.incidents.intake import NewSource, NotYetKnown, Rejected, persons_of, take_in
@@ -135,26 +140,39 @@ async def settle(conn: asyncpg.Connection, *, submission_id: str, outcomes: list
 # registry publishes both while consumers move over) is taken in once. See proto/CONTRACTS.md.
 VISIT_RECORDED_V1 = "org.jinshui.registry.visit.recorded.v1"
 VISIT_RECORDED_V2 = "org.jinshui.registry.visit.recorded.v2"
-VISIT_SUBJECTS = [REGISTRY_VISIT_RECORDED + ".>", REGISTRY_VISIT_RECORDED_V2 + ".>"]
+VISITS_RECORDED = "org.jinshui.registry.visits.recorded.v1"
+VISIT_SUBJECTS = [
+    REGISTRY_VISIT_RECORDED + ".>",
+    REGISTRY_VISIT_RECORDED_V2 + ".>",
+    REGISTRY_VISITS_RECORDED + ".>",
+]
 
 
-def _visit(event: CloudEvent) -> VisitRecordedV2:
+def _visits(event: CloudEvent) -> list[VisitRecordedV2]:
+    if event.type == VISITS_RECORDED:
+        return _parse(VisitsRecorded, event, "batch of visits").visits
     if event.type == VISIT_RECORDED_V2:
-        return _parse(VisitRecordedV2, event, "visit")
+        return [_parse(VisitRecordedV2, event, "visit")]
     if event.type != VISIT_RECORDED_V1:
         raise Permanent(f"incidents does not take {event.type} on the visit subjects")
     v1 = _parse(VisitRecorded, event, "visit")
-    return VisitRecordedV2(
+    v2 = VisitRecordedV2(
         **v1.model_dump(exclude={"grid_worker"}),
         visited_by=Submitter(sub=v1.grid_worker, role="grid_worker"),
         people_present=0,
         persons_present=[],
     )
+    return [v2]
 
 
 async def on_visit_recorded(conn: asyncpg.Connection, event: CloudEvent) -> None:
-    """A visit whose concerns include a dispute or a hazard also opens (or joins) a report."""
-    visit = _visit(event)
+    """A visit whose concerns include a dispute or a hazard also opens (or joins) a report; the visits of a batch
+    (visits.recorded) are taken one by one, and most of them, with no such concern, cost nothing."""
+    for visit in _visits(event):
+        await _take_in_visit(conn, visit, at=event.time)
+
+
+async def _take_in_visit(conn: asyncpg.Connection, visit: VisitRecordedV2, *, at) -> None:
     for concern in visit.concerns:
         if concern.value not in VISIT_REPORTS:
             continue
@@ -171,7 +189,7 @@ async def on_visit_recorded(conn: asyncpg.Connection, event: CloudEvent) -> None
             beat=visit.beat,
         )
         try:
-            await take_in(conn, src, at=event.time)
+            await take_in(conn, src, at=at)
         except Rejected:  # the same visit again: already taken in
             continue
 

@@ -38,6 +38,8 @@ from jinshui.contracts.registry import (
     ResidencyRenewed,
     ResidentArrived,
     ResidentDeparted,
+    VisitsRecorded,
+    visit_recorded_id,
 )
 from jinshui.kit import outbox, timers
 from jinshui.kit.clock import Clock
@@ -66,11 +68,12 @@ async def _settle(conn: asyncpg.Connection, submission_id: str, outcomes: list[R
 
 
 async def record_visits(
-    conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock, publish: tuple[int, ...] = (1,)
+    conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock, publish: frozenset[str] = frozenset({"batch"})
 ) -> None:
     """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction.
 
-    `publish`: which versions of visit.recorded to publish (both, while consumers move from v1 to v2)."""
+    `publish`: which events tell of the visits: "batch", one visits.recorded per beat of the submission (the
+    default); "1" and "2", one visit.recorded v1 or v2 per visit (see proto/CONTRACTS.md)."""
     batch = _batch(VisitsSubmitted, event_)
     codes = sorted({r.household_code for r in batch.records})
     households = {
@@ -89,6 +92,7 @@ async def record_visits(
     }
     outcomes: list[RecordOutcome] = []
     rows, events, versions = [], [], []
+    by_beat: dict[str, list[VisitRecordedV2]] = {}
     for index, record in enumerate(batch.records):
         household = households.get(record.household_code)
         if household is None:
@@ -150,10 +154,11 @@ async def record_visits(
             record_index=index,
         )
         key, at = record.household_code, event_.time
-        if 1 in publish:
-            events.append(event(recorded.as_v1(), id=derived_id("visit.recorded", visit_id), key=key, time=at))
-        if 2 in publish:
+        if "1" in publish:
+            events.append(event(recorded.as_v1(), id=visit_recorded_id(visit_id), key=key, time=at))
+        if "2" in publish:
             events.append(event(recorded, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
+        by_beat.setdefault(household["beat"], []).append(recorded)
         outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.applied, ref=visit_id))
     if rows:
         await conn.executemany(
@@ -169,6 +174,11 @@ async def record_visits(
                ON CONFLICT (entity, entity_id, action) DO NOTHING""",
             versions,
         )
+    if "batch" in publish:
+        for beat, visits in by_beat.items():
+            data = VisitsRecorded(submission_id=batch.submission_id, beat=beat, visits=visits)
+            made = derived_id("visits.recorded", batch.submission_id, beat)
+            events.append(event(data, id=made, key=beat, time=event_.time))
     await outbox.add_many(conn, events)
     await _settle(conn, batch.submission_id, outcomes, event_.time)
 

@@ -16,13 +16,14 @@ from jinshui.contracts.events import TYPE_OF
 from jinshui.kit import outbox
 
 SOURCE = "/jinshui/registry"
-NS = uuid.UUID("6f1c1f7e-8f4e-4a43-9b7a-6a1f0d6c2b11")
+NS = contracts.REGISTRY_NS
 
 # The subject each event type is published on (the ordering key is appended).
 SUBJECT_OF: dict[type[Contract], str] = {
     contracts.HouseholdRegistered: streams.REGISTRY_HOUSEHOLD_REGISTERED,
     contracts.VisitRecorded: streams.REGISTRY_VISIT_RECORDED,
     contracts.VisitRecordedV2: contracts.REGISTRY_VISIT_RECORDED_V2,
+    contracts.VisitsRecorded: contracts.REGISTRY_VISITS_RECORDED,
     contracts.SubmissionSettled: streams.REGISTRY_SUBMISSION_SETTLED,
     contracts.GridDefined: contracts.REGISTRY_GRID_DEFINED,
     contracts.BeatDefined: contracts.REGISTRY_BEAT_DEFINED,

@@ -15,12 +15,13 @@ class RegistrySettings(ServiceSettings):
     # after the last pass: a gateway that had not reloaded yet, INTAKE messages sealed before the change).
     pii_reseal_recheck_seconds: float = Field(default=300.0, gt=0)
     pii_keys_check_seconds: float = Field(default=1.0, gt=0)
-    # Which versions of visit.recorded to publish: "1", "1,2" while consumers move over, then "2" (CONTRACTS.md).
-    visit_recorded_versions: str = Field(default="1", pattern=r"^\s*[12]\s*(,\s*[12]\s*)?$")
+    # What tells of recorded visits (proto/CONTRACTS.md): "batch", one visits.recorded per beat of a submission (the
+    # default); "1" / "2", one visit.recorded v1 / v2 per visit; several, comma-separated, while consumers move over.
+    visit_recorded_versions: str = Field(default="batch", pattern=r"^\s*(1|2|batch)\s*(,\s*(1|2|batch)\s*){0,2}$")
 
     @property
-    def visit_versions(self) -> tuple[int, ...]:
-        return tuple(sorted({int(v) for v in self.visit_recorded_versions.split(",")}))
+    def visit_versions(self) -> frozenset[str]:
+        return frozenset(v.strip() for v in self.visit_recorded_versions.split(","))
 
     def production_problems(self) -> list[str]:
         return self.pii_problems()

@@ -60,18 +60,34 @@ async def create(
 
 async def close_by_visit(conn: asyncpg.Connection, event: CloudEvent) -> None:
     """A visit to a household closes its open tasks, and resolves the alerts those tasks were set to resolve."""
-    visit = VisitRecorded.model_validate(event.data)
+    await close_by_visits(conn, [event])
+
+
+async def close_by_visits(conn: asyncpg.Connection, visits: list[CloudEvent]) -> None:
+    """Visits (visit.recorded v1 events) close their households' open tasks created before the visit was recorded,
+    and resolve the alerts those tasks were set to resolve, in one statement; of several visits to a household,
+    the first closes them (as it would have, taken one by one)."""
+    first: dict[str, tuple[CloudEvent, VisitRecorded]] = {}
+    for event in visits:
+        visit = VisitRecorded.model_validate(event.data)
+        first.setdefault(visit.household_code, (event, visit))
+    if not first:
+        return
+    evidence = [[Evidence(event_id=e.id, type=e.type, time=e.time).model_dump(mode="json")] for e, _ in first.values()]
     rows = await conn.fetch(
-        f"""UPDATE tasks SET status = 'done', closed_at = $2, closed_by_event = $3,
-                   evidence = evidence || $4::jsonb
-            WHERE household_code = $1 AND status = 'open' AND created_at < $2 RETURNING {COLUMNS}, resolves_alert""",
-        visit.household_code,
-        event.time,
-        event.id,
-        [Evidence(event_id=event.id, type=event.type, time=event.time).model_dump(mode="json")],
+        f"""UPDATE tasks SET status = 'done', closed_at = v_at, closed_by_event = v_event,
+                   evidence = evidence || v_evidence
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[]) AS v(v_code, v_event, v_at, v_evidence)
+            WHERE household_code = v_code AND status = 'open' AND created_at < v_at
+            RETURNING {COLUMNS}, resolves_alert, v_at""",
+        list(first),
+        [e.id for e, _ in first.values()],
+        [e.time for e, _ in first.values()],
+        evidence,
     )
     for row in rows:
-        await _publish(conn, row, "closed", event.time)
+        _, visit = first[row["household_code"]]
+        await _publish(conn, row, "closed", row["v_at"])
         if row["resolves_alert"] and row["alert_id"]:
             status = await conn.fetchval("SELECT status FROM alerts WHERE id = $1", row["alert_id"])
             if status in alerts.OPEN:
@@ -81,7 +97,7 @@ async def close_by_visit(conn: asyncpg.Connection, event: CloudEvent) -> None:
                     command="resolve",
                     by=visit.grid_worker,
                     reason=f"follow-up visit {visit.visit_id} recorded by {visit.grid_worker}",
-                    at=event.time,
+                    at=row["v_at"],
                 )
 
 
