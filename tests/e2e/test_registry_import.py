@@ -3,7 +3,11 @@ with its row number, column and reason (personal data masked); the same file aga
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
+
+from jinshui.registry import imports
 
 from .test_registry_residents import LI, ZHANG, id_number, registry  # noqa: F401  (registry is a fixture)
 
@@ -115,3 +119,63 @@ async def test_a_file_of_several_chunks_is_applied_whole_with_its_bad_rows_in_or
 
     again, errors = await post(registry, text)
     assert again["unchanged"] == 2597 and again["applied"] == 0 and len(errors) == 3
+
+
+async def test_chunks_end_with_a_household_and_rows_of_one_household_in_several_chunks_count_once(registry):  # noqa: F811
+    # Chunks are applied several at a time. A file not sorted by household spreads each household (and here one
+    # person twice) over several chunks: they must still count and tell each household and residency once, and
+    # the later row of a person must be the one refused, as when chunks are applied one after the other.
+    lines = []
+    for i in range(3600):
+        number = id_number(f"3706{i // 1000:02d}{1950 + i % 50}0101{i % 1000:03d}")
+        lines.append([f"金水小区11号楼{i % 900}", "G01", "", "11", f"居民{i}", number, "", "常住", "2025-01-01", ""])
+    lines[3100][5] = lines[100][5]  # the same person in another household, three chunks later: refused
+    lines[3201][5] = lines[1401][5]  # the same person in the same household, two chunks later: unchanged
+    text = csv_of([",".join(line) for line in lines]).encode()
+    summary, errors = await post(registry, text)
+    assert summary["rows"] == 3600 and summary["chunks"] >= 4
+    assert [(e["row"], e["column"]) for e in errors] == [(3102, "id_number")]
+    assert "submit a move" in errors[0]["reason"]
+    assert (summary["households_new"], summary["persons_new"], summary["residencies_new"]) == (900, 3598, 3598)
+    assert summary["unchanged"] == 1 and summary["applied"] == 3598
+
+    households = await registry.events("household.imported.v1")
+    codes = [h["code"] for e in households for h in e["data"]["households"]]
+    assert len(codes) == len(set(codes)) == 900
+    residents = await registry.events("resident.imported.v1")
+    arrivals = [a for e in residents for a in e["data"]["arrivals"]]
+    assert len(arrivals) == len({a["residency_id"] for a in arrivals}) == 3598
+    assert sorted(a["record_index"] for a in arrivals) == [i + 2 for i in range(3600) if i not in (3100, 3201)]
+    chunks = [e["data"]["chunk"] for e in households + residents]
+    assert len(chunks) == len({(e["type"], e["data"]["chunk"]) for e in households + residents})
+    assert max(chunks) < summary["chunks"]
+
+    before = len(await registry.stream_messages("REGISTRY"))
+    again, errors = await post(registry, text)
+    assert (again["households_new"], again["persons_new"], again["residencies_new"]) == (0, 0, 0)
+    assert again["unchanged"] == 3599 and [e["row"] for e in errors] == [3102]
+    assert len(await registry.stream_messages("REGISTRY")) == before
+
+
+async def test_the_reader_ends_a_chunk_before_a_household_it_would_split() -> None:
+    # 3 rows per household: 1,000 rows would end inside household 333, so the first chunk stops at 999 rows.
+    header = "地址,网格,姓名\n"
+    body = "".join(f"金水小区12号楼{i // 3},G01,居民{i}\n" for i in range(2500))
+
+    async def lines():
+        for line in (header + body).splitlines(keepends=True):
+            yield line
+
+    chunks = [chunk async for chunk in imports.rows(lines())]
+    assert [len(c) for c in chunks] == [999, 999, 502]
+    for before, after in itertools.pairwise(chunks):
+        assert before[-1][1]["address"] != after[0][1]["address"]
+    assert [n for c in chunks for n, _ in c] == list(range(2, 2502))
+
+    # A chunk of one address only is cut where it is.
+    async def one_address():
+        yield header
+        for i in range(1500):
+            yield f"金水小区12号楼0,G01,居民{i}\n"
+
+    assert [len(c) async for c in imports.rows(one_address())] == [1000, 500]

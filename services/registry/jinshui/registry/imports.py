@@ -16,6 +16,7 @@ import hashlib
 import multiprocessing
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -33,10 +34,11 @@ from jinshui.contracts.registry import (
     ResidentArrived,
     ResidentsImported,
 )
+from jinshui.kit import outbox
 from jinshui.kit.pii import Keyring, PersonalDataError, normalize_id_number
 from jinshui.registry import codes
 from jinshui.registry.handlers import EXPIRY
-from jinshui.registry.outbox import derived_id, emit
+from jinshui.registry.outbox import derived_id, event
 from jinshui.registry.tags import SHANGHAI
 
 CHUNK = 1000
@@ -143,7 +145,8 @@ def _pick(head: bytes, encoding: str, summary: Summary, *, final: bool):
 
 
 async def rows(lines: AsyncIterator[str]) -> AsyncIterator[list[tuple[int, dict[str, str]]]]:
-    """Chunks of (row number as a spreadsheet shows it, the row by column name); the header is row 1."""
+    """Chunks of (row number as a spreadsheet shows it, the row by column name); the header is row 1. A chunk has
+    at most CHUNK rows and ends, where it can, with the last row of a household (rows of one address in a row)."""
     header: list[str] | None = None
     chunk: list[tuple[int, dict[str, str]]] = []
     number = 0
@@ -163,8 +166,15 @@ async def rows(lines: AsyncIterator[str]) -> AsyncIterator[list[tuple[int, dict[
             continue
         chunk.append((number, {h: v.strip() for h, v in zip(header, values, strict=False)}))
         if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
+            # Cut before the last household's rows (they go with the next chunk), so that chunks applied at once
+            # seldom share a household; a chunk of one address only is cut where it is.
+            cut = len(chunk) - 1
+            last = chunk[cut][1].get("address")
+            while cut > 0 and chunk[cut - 1][1].get("address") == last:
+                cut -= 1
+            cut = cut or len(chunk)
+            yield chunk[:cut]
+            chunk = chunk[cut:]
     if chunk:
         yield chunk
 
@@ -177,14 +187,44 @@ def _when(text: str) -> datetime:
 
 
 @dataclass
+class Person:
+    """A row's person, with everything the database and the events need made by the parser (a worker process):
+    the ID number and phone sealed and as JSON text, the derived ids, the history entry's data."""
+
+    id: str
+    name: str
+    id_hash: str
+    id_number: str  # the sealed ID number (Protected) as JSON text
+    phone_hash: str | None
+    phone: str | None  # the sealed phone as JSON text
+    birth_date: date
+    sex: str
+    kind: str
+    arrived_at: datetime
+    expected_end: datetime | None
+    residency_id: str = ""  # for the household code the parser chose; made again if the database says another
+    history: str = ""  # the residency's history data as JSON text
+
+
+@dataclass
 class Row:
     number: int
-    code: str
+    code: str  # the code given in the file ("" when none)
     address: str
     grid: str
     beat: str
     house: tuple
-    person: dict | None = None
+    person: Person | None = None
+    derived: str = ""  # the code made from the address (when no code is given)
+    house_id: str = ""
+
+    @property
+    def candidate(self) -> str:
+        return self.code or self.derived
+
+
+def residency_id(person_id: str, code: str) -> str:
+    return derived_id("imported residency", person_id, code)
 
 
 @dataclass
@@ -234,41 +274,51 @@ class Parser:
         )
         row = Row(number=number, code=code, address=address, grid=grid, beat=beat, house=house)
         name, number_text = raw.get("name", ""), raw.get("id_number", "")
-        if not name and not number_text:
-            return row
-        if not name or len(name) > 64:
-            return bad(number, "name", "required with an ID number (at most 64 characters)")
-        try:
-            normal = normalize_id_number(number_text)
-            id_number = self.keyring.seal("id_number", normal)
-            phone = self.keyring.protect("phone", raw["phone"]) if raw.get("phone") else None
-        except PersonalDataError as e:
-            return bad(number, e.field, e.reason)
-        kind = raw.get("kind", "") or "permanent"
-        kind = KINDS.get(kind, kind)
-        if kind not in ResidencyKind.__members__:
-            return bad(number, "kind", f"one of {', '.join(ResidencyKind.__members__)}")
-        try:
-            arrived = _when(raw["arrived_at"]) if raw.get("arrived_at") else self.now
-        except ValueError:
-            return bad(number, "arrived_at", "not a date (YYYY-MM-DD) or time (ISO 8601)")
-        try:
-            ends = _when(raw["expected_end"]) if raw.get("expected_end") else None
-        except ValueError:
-            return bad(number, "expected_end", "not a date (YYYY-MM-DD) or time (ISO 8601)")
-        if ends is not None and ends <= arrived:
-            return bad(number, "expected_end", "not after arrived_at")
-        row.person = {
-            "id": derived_id("person", id_number.hash),
-            "name": name,
-            "id_number": id_number,
-            "phone": phone,
-            "birth_date": date(int(normal[6:10]), int(normal[10:12]), int(normal[12:14])),
-            "sex": "male" if int(normal[16]) % 2 else "female",
-            "kind": kind,
-            "arrived_at": arrived,
-            "expected_end": ends,
-        }
+        if name or number_text:
+            if not name or len(name) > 64:
+                return bad(number, "name", "required with an ID number (at most 64 characters)")
+            try:
+                normal = normalize_id_number(number_text)
+                id_number = self.keyring.seal("id_number", normal)
+                phone = self.keyring.protect("phone", raw["phone"]) if raw.get("phone") else None
+            except PersonalDataError as e:
+                return bad(number, e.field, e.reason)
+            kind = raw.get("kind", "") or "permanent"
+            kind = KINDS.get(kind, kind)
+            if kind not in ResidencyKind.__members__:
+                return bad(number, "kind", f"one of {', '.join(ResidencyKind.__members__)}")
+            try:
+                arrived = _when(raw["arrived_at"]) if raw.get("arrived_at") else self.now
+            except ValueError:
+                return bad(number, "arrived_at", "not a date (YYYY-MM-DD) or time (ISO 8601)")
+            try:
+                ends = _when(raw["expected_end"]) if raw.get("expected_end") else None
+            except ValueError:
+                return bad(number, "expected_end", "not a date (YYYY-MM-DD) or time (ISO 8601)")
+            if ends is not None and ends <= arrived:
+                return bad(number, "expected_end", "not after arrived_at")
+            person_id = derived_id("person", id_number.hash)
+            row.person = Person(
+                id=person_id,
+                name=name,
+                id_hash=id_number.hash,
+                id_number=orjson.dumps(id_number.model_dump()).decode(),
+                phone_hash=phone.hash if phone else None,
+                phone=orjson.dumps(phone.model_dump()).decode() if phone else None,
+                birth_date=date(int(normal[6:10]), int(normal[10:12]), int(normal[12:14])),
+                sex="male" if int(normal[16]) % 2 else "female",
+                kind=kind,
+                arrived_at=arrived,
+                expected_end=ends,
+                history=orjson.dumps(
+                    {"person_id": person_id, "kind": kind, "arrived_at": arrived.isoformat(), "row": number}
+                ).decode(),
+            )
+        # The derived ids (hashes) are made here too, off the event loop.
+        row.derived = "" if code else derived_code(address)
+        row.house_id = derived_id("house", address)
+        if row.person is not None:
+            row.person.residency_id = residency_id(row.person.id, row.candidate)
         return row
 
 
@@ -285,14 +335,40 @@ def _parse_in_worker(chunk: list[tuple[int, dict[str, str]]]) -> tuple[list[Row]
     return _worker.chunk(chunk)
 
 
+def _keys(parsed: list[Row]) -> set[str]:
+    """What a chunk's rows may touch that another chunk's may too: addresses, household codes, persons."""
+    keys = set()
+    for r in parsed:
+        keys.add("a:" + r.address)
+        keys.add("c:" + r.candidate)
+        if r.person is not None:
+            keys.add("p:" + r.person.id)
+    return keys
+
+
+_KINDS = {k.value: k for k in ResidencyKind}
+_USES = {u.value: u for u in HouseUse}
+
+
 class Importer:
-    """Chunk n+1 is parsed (validated, its ID numbers and phones sealed) in a worker process while chunk n is
-    applied, so that parsing and PostgreSQL work at once on two cores; a file of one chunk is parsed in place."""
+    """Chunks are parsed (validated, ID numbers and phones sealed, ids derived) in worker processes and applied
+    CONCURRENCY at a time, each in its own transaction on its own connection. A chunk that shares an address, a
+    household code or a person with a chunk still being applied waits for that one to commit first, so every
+    chunk sees what the file's earlier rows made, as when chunks are applied one after the other (the reader
+    cuts chunks at household boundaries, so in a file sorted by household that seldom happens). The rejected
+    rows are reported in chunk order; events are numbered by the chunk's place in the file. The first chunk is
+    parsed in place (a file of one chunk starts no process)."""
+
+    CONCURRENCY = 3
+    WORKERS = 2
 
     def __init__(self, *, pool: asyncpg.Pool, keyring: Keyring, actor: str, now: datetime) -> None:
         self.pool, self.keyring, self.actor, self.now = pool, keyring, actor, now
         self.summary = Summary(import_id=str(uuid.uuid4()), errors=tempfile.SpooledTemporaryFile(max_size=1 << 20))
         self.grids: dict[str, str | None] = {}
+        self._inflight: dict[int, tuple[set[str], asyncio.Task]] = {}
+        self._done: dict[int, list[tuple[int, str, str]]] = {}
+        self._flushed = 0
 
     async def run(self, stream: AsyncIterator[bytes], encoding: str) -> Summary:
         async with self.pool.acquire() as conn:
@@ -301,256 +377,280 @@ class Importer:
                 for r in await conn.fetch("SELECT g.code, c.beat FROM grids g LEFT JOIN coverage c ON c.grid = g.code")
             }
         parser = Parser(keyring=self.keyring, grids=self.grids, now=self.now)
+        loop = asyncio.get_running_loop()
         workers: ProcessPoolExecutor | None = None
+        parsing: deque[asyncio.Future] = deque()
         try:
-            parsing: asyncio.Future | None = None
             try:
                 async for chunk in rows(decoded_lines(stream, encoding, self.summary)):
                     self.summary.rows += len(chunk)
-                    if parsing is None:
-                        parsing = asyncio.get_running_loop().create_future()
-                        parsing.set_result(parser.chunk(chunk))
+                    if not parsing and self.summary.chunks == 0 and not self._inflight:
+                        first = loop.create_future()
+                        first.set_result(parser.chunk(chunk))
+                        parsing.append(first)
                         continue
                     if workers is None:
                         workers = ProcessPoolExecutor(
-                            1,
+                            self.WORKERS,
                             mp_context=multiprocessing.get_context("spawn"),
                             initializer=_start_worker,
                             initargs=(self.keyring.to_json(), self.grids, self.now),
                         )
-                    following = asyncio.get_running_loop().run_in_executor(workers, _parse_in_worker, chunk)
-                    await self._apply_parsed(await parsing)
-                    parsing = following
+                    parsing.append(loop.run_in_executor(workers, _parse_in_worker, chunk))
+                    while len(parsing) > self.WORKERS or (parsing and parsing[0].done()):
+                        await self._dispatch(await parsing.popleft())
             except UnicodeDecodeError as e:
                 if not self.summary.chunks and not self.summary.rows:
                     raise ImportError_(
                         f"the file is not {self.summary.encoding or encoding} text: {e.reason}"
                     ) from None
                 self.summary.stopped = f"stopped after row {self.summary.rows + 1}: not {self.summary.encoding} text"
-            if parsing is not None:  # the last chunk read (or the last before the text went wrong)
-                await self._apply_parsed(await parsing)
+            while parsing:  # the chunks read (or those before the text went wrong)
+                await self._dispatch(await parsing.popleft())
+            while self._inflight:
+                await self._settle(next(iter(self._inflight.values()))[1])
         finally:
+            for f in parsing:
+                f.cancel()
+            for _, task in self._inflight.values():
+                task.cancel()
+            if self._inflight:
+                await asyncio.gather(*(t for _, t in self._inflight.values()), return_exceptions=True)
             if workers is not None:
                 workers.shutdown(cancel_futures=True)
         return self.summary
 
-    async def _apply_parsed(self, result: tuple[list[Row], list[tuple[int, str, str]]]) -> None:
+    async def _dispatch(self, result: tuple[list[Row], list[tuple[int, str, str]]]) -> None:
+        """Start applying the next chunk, once fewer than CONCURRENCY are being applied."""
+        while len(self._inflight) >= self.CONCURRENCY:
+            done, _ = await asyncio.wait([t for _, t in self._inflight.values()], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                await self._settle(task)
         parsed, errors = result
-        for number, column, reason in errors:
-            self.summary.error(number, column, reason)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._apply(conn, parsed)
+        index = self.summary.chunks
         self.summary.chunks += 1
+        keys = _keys(parsed)
+        after = [task for k, task in self._inflight.values() if not k.isdisjoint(keys)]
+        task = asyncio.create_task(self._apply_chunk(index, parsed, errors, after))
+        self._inflight[index] = (keys, task)
 
-    async def _apply(self, conn: asyncpg.Connection, parsed: list[Row]) -> None:
+    async def _settle(self, task: asyncio.Task) -> None:
+        """Take a finished chunk's rejections (raising its error, if any) and write those due in chunk order."""
+        index, errors = await task
+        self._inflight.pop(index, None)
+        self._done[index] = errors
+        while self._flushed in self._done:
+            for number, column, reason in self._done.pop(self._flushed):
+                self.summary.error(number, column, reason)
+            self._flushed += 1
+
+    async def _apply_chunk(
+        self, index: int, parsed: list[Row], errors: list[tuple[int, str, str]], after: list[asyncio.Task]
+    ) -> tuple[int, list[tuple[int, str, str]]]:
+        if after:
+            await asyncio.wait(after)
+        errors = list(errors)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._apply(conn, index, parsed, errors)
+        errors.sort(key=lambda e: e[0])
+        return index, errors
+
+    async def _apply(self, conn: asyncpg.Connection, index: int, parsed: list[Row], errors: list) -> None:
         s = self.summary
+        people = [r.person.id for r in parsed if r.person is not None]
+        # What the database has already: the households at the rows' addresses or codes, the persons' residencies.
+        found = await conn.fetch(
+            """SELECT 0 AS t, code AS a, address AS b, house_id AS c, registered_at AS at FROM households
+                WHERE address = ANY($1::text[]) OR code = ANY($2::text[])
+               UNION ALL
+               SELECT 1, person_id, household_code, NULL, NULL FROM residencies
+                WHERE person_id = ANY($3::text[]) AND departed_at IS NULL
+               ORDER BY 1, 5, 2""",
+            list({r.address for r in parsed}),
+            list({r.candidate for r in parsed}),
+            people,
+        )
+        by_address: dict[str, str] = {}
+        by_code: dict[str, tuple[str, str | None]] = {}
+        open_: dict[str, str] = {}
+        for t, a, b, c, _ in found:
+            if t == 0:
+                by_address.setdefault(b, a)
+                by_code[a] = (b, c)
+            else:
+                open_[a] = b
         # Which household each row means: its code, else the one already at its address, else one made from it.
-        by_address = {
-            r["address"]: r["code"]
-            for r in await conn.fetch(
-                """SELECT DISTINCT ON (address) address, code FROM households WHERE address = ANY($1::text[])
-                   ORDER BY address, registered_at""",
-                sorted({r.address for r in parsed}),
-            )
-        }
         for r in parsed:
-            r.code = r.code or by_address.get(r.address) or derived_code(r.address)
-        by_code = {
-            r["code"]: r["address"]
-            for r in await conn.fetch(
-                "SELECT code, address FROM households WHERE code = ANY($1::text[])", sorted({r.code for r in parsed})
-            )
-        }
+            if not r.code:
+                r.code = by_address.get(r.address) or r.derived
+                if r.code != r.derived and r.person is not None:
+                    r.person.residency_id = residency_id(r.person.id, r.code)
         made: dict[str, Row] = {}
         ok: list[Row] = []
         for r in parsed:
-            known = by_code.get(r.code) or (made[r.code].address if r.code in made else None)
+            known = by_code[r.code][0] if r.code in by_code else (made[r.code].address if r.code in made else None)
             if known is not None and known != r.address:
-                s.error(r.number, "household_code", f"household {r.code} is registered at another address")
+                errors.append((r.number, "household_code", f"household {r.code} is registered at another address"))
                 continue
             if r.code not in by_code:
                 made.setdefault(r.code, r)
             ok.append(r)
-        new_households = await self._households(conn, list(made.values()))
-        s.households_new += len(new_households)
-        people = [r for r in ok if r.person is not None]
         seen: dict[str, int] = {}
-        open_ = {
-            r["person_id"]: r["household_code"]
-            for r in await conn.fetch(
-                """SELECT person_id, household_code FROM residencies
-                   WHERE person_id = ANY($1::text[]) AND departed_at IS NULL""",
-                [r.person["id"] for r in people],
-            )
-        }
         arriving: list[Row] = []
-        for r in people:
-            pid = r.person["id"]
+        for r in ok:
+            if r.person is None:
+                continue
+            pid = r.person.id
             if pid in seen:
-                s.error(r.number, "id_number", f"the same person as row {seen[pid]}")
+                errors.append((r.number, "id_number", f"the same person as row {seen[pid]}"))
                 continue
             seen[pid] = r.number
             where = open_.get(pid)
             if where == r.code:
                 continue
             if where is not None:
-                s.error(r.number, "id_number", f"the person is resident in household {where}: submit a move")
+                errors.append((r.number, "id_number", f"the person is resident in household {where}: submit a move"))
                 continue
             arriving.append(r)
-        unchanged_households = {r.code for r in ok} - set(new_households)
+        households = list(made.values())
+        new_codes, new_residencies, persons_new = await self._write(conn, households, arriving)
+        s.households_new += len(new_codes)
+        s.persons_new += persons_new
+        s.residencies_new += len(new_residencies)
         s.unchanged += sum(
-            1
-            for r in ok
-            if r.code in unchanged_households and (r.person is None or open_.get(r.person["id"]) == r.code)
+            1 for r in ok if r.code not in new_codes and (r.person is None or open_.get(r.person.id) == r.code)
         )
-        s.persons_new += await self._persons(conn, arriving)
-        arrived = await self._residencies(conn, arriving)
-        s.residencies_new += len(arrived)
-        chunk = s.chunks
-        if new_households:
-            data = HouseholdsImported(import_id=s.import_id, chunk=chunk, households=list(new_households.values()))
-            await emit(
-                conn, data, id=derived_id("households.imported", s.import_id, str(chunk)), key=None, time=self.now
+        events = []
+        if new_codes:
+            registered = [self._registered(r) for r in households if r.code in new_codes]
+            data = HouseholdsImported.model_construct(import_id=s.import_id, chunk=index, households=registered)
+            events.append(
+                event(data, id=derived_id("households.imported", s.import_id, str(index)), key=None, time=self.now)
             )
-        if arrived:
-            data = ResidentsImported(import_id=s.import_id, chunk=chunk, arrivals=arrived)
-            await emit(
-                conn, data, id=derived_id("residents.imported", s.import_id, str(chunk)), key=None, time=self.now
+        if new_residencies:
+            house_of = {code: house for code, (_, house) in by_code.items()}
+            arrivals = [
+                self._arrived(r, house_of.get(r.code, r.house_id))
+                for r in arriving
+                if r.person.residency_id in new_residencies
+            ]
+            data = ResidentsImported.model_construct(import_id=s.import_id, chunk=index, arrivals=arrivals)
+            events.append(
+                event(data, id=derived_id("residents.imported", s.import_id, str(index)), key=None, time=self.now)
             )
+        if events:
+            await outbox.add_many(conn, events)
 
-    async def _households(self, conn, rows_: list[Row]) -> dict[str, HouseholdRegistered]:
-        if not rows_:
-            return {}
-        houses = [derived_id("house", r.address) for r in rows_]
-        await conn.execute(
-            """INSERT INTO houses (id, address, building, unit, floor, room, use, grid, registered_at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                    $7::text[], $8::text[], $9::timestamptz[])
-               ON CONFLICT DO NOTHING""",
-            houses,
-            [r.address for r in rows_],
-            *[[r.house[i] for r in rows_] for i in range(5)],
-            [r.grid for r in rows_],
-            [self.now] * len(rows_),
+    def _registered(self, r: Row) -> HouseholdRegistered:
+        return HouseholdRegistered.model_construct(
+            code=r.code,
+            address=r.address,
+            grid=r.grid,
+            beat=r.beat,
+            registered_at=self.now,
+            house_id=r.house_id,
+            house_use=_USES[r.house[4]] if r.house[4] else None,
         )
-        inserted = await conn.fetch(
-            """INSERT INTO households (code, address, grid, beat, registered_at, registered_by, house_id)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                                    $7::text[])
-               ON CONFLICT DO NOTHING RETURNING code""",
-            [r.code for r in rows_],
-            [r.address for r in rows_],
-            [r.grid for r in rows_],
-            [r.beat for r in rows_],
-            [self.now] * len(rows_),
-            [self.actor] * len(rows_),
-            houses,
-        )
-        new = {r["code"] for r in inserted}
-        out = {}
-        for r, house_id in zip(rows_, houses, strict=True):
-            if r.code in new:
-                out[r.code] = HouseholdRegistered(
-                    code=r.code,
-                    address=r.address,
-                    grid=r.grid,
-                    beat=r.beat,
-                    registered_at=self.now,
-                    house_id=house_id,
-                    house_use=r.house[4],
-                )
-        await self._history(conn, [(c, "household", c, "registered", h.model_dump_json()) for c, h in out.items()])
-        return out
 
-    async def _persons(self, conn, rows_: list[Row]) -> int:
-        if not rows_:
-            return 0
-        p = [r.person for r in rows_]
-        inserted = await conn.fetch(
-            """INSERT INTO persons (id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, registered_at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[],
-                                    $7::date[], $8::text[], $9::timestamptz[])
-               ON CONFLICT DO NOTHING RETURNING id""",
-            [x["id"] for x in p],
-            [x["name"] for x in p],
-            [x["id_number"].hash for x in p],
-            [x["id_number"].model_dump() for x in p],
-            [x["phone"].hash if x["phone"] else None for x in p],
-            [x["phone"].model_dump() if x["phone"] else None for x in p],
-            [x["birth_date"] for x in p],
-            [x["sex"] for x in p],
-            [self.now] * len(p),
+    def _arrived(self, r: Row, house_id: str | None) -> ResidentArrived:
+        p = r.person
+        return ResidentArrived.model_construct(
+            residency_id=p.residency_id,
+            person_id=p.id,
+            id_hash=p.id_hash,
+            household_code=r.code,
+            house_id=house_id,
+            grid=r.grid,
+            beat=r.beat,
+            kind=_KINDS[p.kind],
+            arrived_at=p.arrived_at,
+            expected_end=p.expected_end,
+            submission_id=self.summary.import_id,
+            record_index=r.number,
+            move_id=None,
         )
-        return len(inserted)
 
-    async def _residencies(self, conn, rows_: list[Row]) -> list[ResidentArrived]:
-        if not rows_:
-            return []
-        ids = [derived_id("imported residency", r.person["id"], r.code) for r in rows_]
-        inserted = await conn.fetch(
-            """INSERT INTO residencies (id, person_id, household_code, kind, arrived_at, expected_end,
-                                        arrival_submission)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                    $6::timestamptz[], $7::text[])
-               ON CONFLICT DO NOTHING RETURNING id""",
-            ids,
-            [r.person["id"] for r in rows_],
-            [r.code for r in rows_],
-            [r.person["kind"] for r in rows_],
-            [r.person["arrived_at"] for r in rows_],
-            [r.person["expected_end"] for r in rows_],
-            [self.summary.import_id] * len(rows_),
-        )
-        new = {r["id"] for r in inserted}
-        houses = {
-            r["code"]: r
-            for r in await conn.fetch(
-                "SELECT code, house_id FROM households WHERE code = ANY($1::text[])", sorted({r.code for r in rows_})
-            )
-        }
-        out, timers_, versions = [], [], []
-        for r, rid in zip(rows_, ids, strict=True):
-            if rid not in new:
-                continue
-            p = r.person
-            out.append(
-                ResidentArrived(
-                    residency_id=rid,
-                    person_id=p["id"],
-                    id_hash=p["id_number"].hash,
-                    household_code=r.code,
-                    house_id=houses[r.code]["house_id"],
-                    grid=r.grid,
-                    beat=r.beat,
-                    kind=ResidencyKind(p["kind"]),
-                    arrived_at=p["arrived_at"],
-                    expected_end=p["expected_end"],
-                    submission_id=self.summary.import_id,
-                    record_index=r.number,
-                )
-            )
-            if p["expected_end"] is not None:
-                timers_.append((EXPIRY, rid, p["expected_end"]))
-            data = {"person_id": p["id"], "kind": p["kind"], "arrived_at": p["arrived_at"].isoformat(), "row": r.number}
-            versions.append((r.code, "residency", rid, "arrived", orjson.dumps(data).decode()))
-        if timers_:
-            await conn.executemany(
-                "INSERT INTO timers (kind, ref, due_at, payload) VALUES ($1, $2, $3, '{}') ON CONFLICT DO NOTHING",
-                timers_,
-            )
-        await self._history(conn, versions)
-        return out
-
-    async def _history(self, conn, versions: list[tuple]) -> None:
-        if not versions:
-            return
-        await conn.execute(
-            """INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
-               SELECT h, e, i, a, d::jsonb, $6, $7, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                                             $5::text[]) AS v(h, e, i, a, d)
-               ON CONFLICT DO NOTHING""",
-            *[[v[k] for v in versions] for k in range(5)],
+    async def _write(self, conn, households: list[Row], arriving: list[Row]) -> tuple[set[str], set[str], int]:
+        """One statement: the houses and households new to the registry with their history, the persons, their
+        residencies with their expiry timers and history; returns the codes and residency ids it made, and how many
+        persons. Rows already there are left alone (ON CONFLICT DO NOTHING), in key order (no deadlocks)."""
+        if not households and not arriving:
+            return set(), set(), 0
+        households = sorted(households, key=lambda r: r.code)
+        arriving = sorted(arriving, key=lambda r: r.person.id)
+        registered = [self._registered(r).model_dump_json() for r in households]
+        p = [r.person for r in arriving]
+        got = await conn.fetchrow(
+            """WITH hin AS (
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                            AS t(code, address, grid, beat, house_id, building, unit, floor, room, use, data)),
+               houses_ AS (
+                   INSERT INTO houses (id, address, building, unit, floor, room, use, grid, registered_at)
+                   SELECT house_id, address, building, unit, floor, room, use, grid, $12 FROM hin
+                   ORDER BY house_id
+                   ON CONFLICT DO NOTHING),
+               households_ AS (
+                   INSERT INTO households (code, address, grid, beat, registered_at, registered_by, house_id)
+                   SELECT code, address, grid, beat, $12, $13, house_id FROM hin
+                   ON CONFLICT DO NOTHING RETURNING code),
+               hhistory AS (
+                   INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
+                   SELECT h.code, 'household', h.code, 'registered', hin.data::jsonb, $13, $14, $12
+                   FROM households_ h JOIN hin USING (code)
+                   ON CONFLICT DO NOTHING),
+               pin AS (
+                   SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+                                        $21::date[], $22::text[], $23::text[], $24::text[], $25::text[],
+                                        $26::timestamptz[], $27::timestamptz[], $28::text[])
+                            AS t(id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, rid, code, kind,
+                                 arrived_at, expected_end, data)),
+               persons_ AS (
+                   INSERT INTO persons (id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, registered_at)
+                   SELECT id, name, id_hash, id_number::jsonb, phone_hash, phone::jsonb, birth_date, sex, $12 FROM pin
+                   ON CONFLICT DO NOTHING RETURNING id),
+               residencies_ AS (
+                   INSERT INTO residencies (id, person_id, household_code, kind, arrived_at, expected_end,
+                                            arrival_submission)
+                   SELECT rid, id, code, kind, arrived_at, expected_end, $14 FROM pin
+                   ON CONFLICT DO NOTHING RETURNING id),
+               timers_ AS (
+                   INSERT INTO timers (kind, ref, due_at, payload)
+                   SELECT $29, pin.rid, pin.expected_end, '{}' FROM residencies_ r JOIN pin ON pin.rid = r.id
+                   WHERE pin.expected_end IS NOT NULL
+                   ON CONFLICT DO NOTHING),
+               rhistory AS (
+                   INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
+                   SELECT pin.code, 'residency', pin.rid, 'arrived', pin.data::jsonb, $13, $14, $12
+                   FROM residencies_ r JOIN pin ON pin.rid = r.id
+                   ON CONFLICT DO NOTHING)
+               SELECT (SELECT array_agg(code) FROM households_) AS households,
+                      (SELECT array_agg(id) FROM residencies_) AS residencies,
+                      (SELECT count(*) FROM persons_) AS persons""",
+            [r.code for r in households],
+            [r.address for r in households],
+            [r.grid for r in households],
+            [r.beat for r in households],
+            [r.house_id for r in households],
+            *[[r.house[i] for r in households] for i in range(5)],
+            registered,
+            self.now,
             self.actor,
             self.summary.import_id,
-            self.now,
+            [x.id for x in p],
+            [x.name for x in p],
+            [x.id_hash for x in p],
+            [x.id_number for x in p],
+            [x.phone_hash for x in p],
+            [x.phone for x in p],
+            [x.birth_date for x in p],
+            [x.sex for x in p],
+            [x.residency_id for x in p],
+            [r.code for r in arriving],
+            [x.kind for x in p],
+            [x.arrived_at for x in p],
+            [x.expected_end for x in p],
+            [x.history for x in p],
+            EXPIRY,
         )
+        return set(got["households"] or ()), set(got["residencies"] or ()), got["persons"]
