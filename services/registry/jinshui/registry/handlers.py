@@ -139,7 +139,9 @@ async def record_visits(
                 event_.time,
             )
         )
-        recorded = VisitRecordedV2(
+        # Built from the validated record and the household's row: constructed, not validated again (the
+        # consumers validate what they read).
+        recorded = VisitRecordedV2.model_construct(
             visit_id=visit_id,
             household_code=record.household_code,
             grid=household["grid"],
@@ -159,7 +161,7 @@ async def record_visits(
         if "2" in publish:
             events.append(event(recorded, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
         by_beat.setdefault(household["beat"], []).append(recorded)
-        outcomes.append(RecordOutcome(index=index, status=OutcomeStatus.applied, ref=visit_id))
+        outcomes.append(RecordOutcome.model_construct(index=index, status=OutcomeStatus.applied, ref=visit_id))
     if rows:
         await conn.executemany(
             """INSERT INTO visits (id, household_code, grid_worker, visited_at, concerns, people_present,

@@ -45,8 +45,9 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[asyncpg.Connection, CloudEvent], Awaitable[None]]
 
 
-def following(on_event: Handler, *, book: RuleBook) -> Handler:
-    """Risk's event handler, with the registry's bulk, death and merge events followed first."""
+def following(on_event: Handler, *, book: RuleBook, rules: Handler) -> Handler:
+    """Risk's event handler, with the registry's bulk, death and merge events followed first. `rules` applies the
+    rule book to one event (what `on_event` ends with), for the visits of a batch."""
 
     async def handle(conn: asyncpg.Connection, event: CloudEvent) -> None:
         if event.type == RESIDENTS_IMPORTED:
@@ -59,7 +60,7 @@ def following(on_event: Handler, *, book: RuleBook) -> Handler:
         elif event.type == HOUSEHOLDS_MERGED:
             await households_merged(conn, _parse(HouseholdsMerged, event))
         elif event.type == VISITS_RECORDED_BATCH:
-            await take_visits(conn, event, book, on_event)
+            await take_visits(conn, event, book, rules)
             return
         elif event.type in VISITS_RECORDED:  # v1 and v2 carry one visit alike; kept once
             d = event.data
@@ -109,14 +110,15 @@ async def arrivals_that_matter(conn: asyncpg.Connection, event: CloudEvent, book
     return [a for a in every if a.data["id_hash"] in followed or book.matching(a.type, a.data)]
 
 
-async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBook, on_event: Handler) -> None:
+async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBook, rules: Handler) -> None:
     """A batch of visits (visits.recorded), each read as the visit.recorded event it stands for (with the id that
     event carries, so that an alert, a task or evidence is the same however the visit came).
 
-    Set-based where the visits ask nothing else: every visit seen and every household's last visit in one
-    statement each, the open tasks the visits close in one more. A visit a rule matches, or to a household with an
-    open ledger entry (that it follows up), goes through the rules one by one with the household's other visits,
-    in order, as it would have alone; most of a batch costs no more than its share of those statements."""
+    Set-based: every visit seen and every household's last visit in one statement each, and the open tasks the
+    visits close (the first visit to a household closes them) in one more. Then, in order, a visit to a household
+    with an open ledger entry follows it up, and a visit a rule matches goes through the rules. A task or entry
+    the batch's own rules open is never one its visits close or follow (they are opened at the batch's time, after
+    its visits), so this is what taking the visits one by one would do, at a fraction of the statements."""
     book.reload_if_changed()
     visits = _parse(VisitsRecorded, event).visits
     as_v1 = [v.as_v1().model_dump(mode="json") for v in visits]
@@ -144,12 +146,13 @@ async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBoo
         ats,
         event.time,
     )
-    ruled = {v.household_code for v, data in zip(visits, as_v1, strict=True) if book.matching(VISIT_RECORDED, data)}
-    one_by_one = ruled | {r["code"] for r in flags if r["ledger"]}
-    tasked = {r["code"] for r in flags if r["tasks"]} - one_by_one
+    tasked = {r["code"] for r in flags if r["tasks"]}
+    followed = {r["code"] for r in flags if r["ledger"]}
+    ruled = [book.matching(VISIT_RECORDED, data) != [] for data in as_v1]
     alone = [
         (
             v.household_code,
+            matched,
             new_event(
                 id=visit_recorded_id(v.visit_id),
                 type=VISIT_RECORDED,
@@ -159,13 +162,15 @@ async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBoo
                 data=data,
             ),
         )
-        for v, data in zip(visits, as_v1, strict=True)
-        if v.household_code in one_by_one or v.household_code in tasked
+        for v, data, matched in zip(visits, as_v1, ruled, strict=True)
+        if matched or v.household_code in tasked or v.household_code in followed
     ]
-    await tasks.close_by_visits(conn, [e for code, e in alone if code in tasked])
-    for code, e in alone:
-        if code in one_by_one:
-            await on_event(conn, e)
+    await tasks.close_by_visits(conn, [e for code, _, e in alone if code in tasked])
+    for code, matched, e in alone:
+        if code in followed:
+            await ledger.follow_up(conn, e)
+        if matched:
+            await rules(conn, e)
 
 
 async def visit_changed(conn: asyncpg.Connection, event: CloudEvent) -> None:

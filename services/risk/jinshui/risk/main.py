@@ -29,6 +29,7 @@ def build(settings: RiskSettings | None = None) -> Service:
             letting_window=timedelta(days=settings.letting_departure_window_days),
         ),
         book=book,
+        rules=partial(handlers.apply_rules, book=book, escalate_after=escalate_after),
     )
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]

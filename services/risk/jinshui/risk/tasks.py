@@ -31,15 +31,15 @@ async def create(
     resolves_alert: bool,
     event: CloudEvent,
 ) -> None:
-    assignee = await conn.fetchval(
-        "SELECT person FROM scope_assignments WHERE area = $1 AND role = 'grid_worker' AND active ORDER BY at LIMIT 1",
-        grid,
-    )
     evidence = [Evidence(event_id=event.id, type=event.type, time=event.time)]
+    # The assignee is the grid's grid worker (looked up in the same statement).
     row = await conn.fetchrow(
         f"""INSERT INTO tasks (id, rule, title, household_code, grid, beat, assignee, alert_id, resolves_alert,
                               due_at, created_at, evidence)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING
+            VALUES ($1, $2, $3, $4, $5, $6,
+                    (SELECT person FROM scope_assignments WHERE area = $5 AND role = 'grid_worker' AND active
+                     ORDER BY at LIMIT 1),
+                    $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING
             RETURNING {COLUMNS}""",
         derived_id("task", rule, event.id),
         rule,
@@ -47,7 +47,6 @@ async def create(
         household_code,
         grid,
         beat,
-        assignee,
         alert_id,
         resolves_alert,
         event.time + due_in,
