@@ -179,3 +179,34 @@ async def test_the_reader_ends_a_chunk_before_a_household_it_would_split() -> No
             yield f"金水小区12号楼0,G01,居民{i}\n"
 
     assert [len(c) async for c in imports.rows(one_address())] == [1000, 500]
+
+
+def test_what_the_importer_writes_by_hand_is_what_the_contracts_would() -> None:
+    # The importer makes its events' data and derived ids without pydantic models or UUID objects (millions of
+    # rows): they must stay what the models and derived_id make.
+    from datetime import UTC, datetime
+
+    from jinshui.contracts.registry import HouseholdRegistered, ResidentArrived
+    from jinshui.kit.pii import Keyring, Protected
+    from jinshui.registry.outbox import derived_id
+
+    for parts in [("person", "h1:0af3"), ("house", "金水小区1号楼101室"), ("imported residency", "p", "Q7")]:
+        assert imports.fast_derived_id(*parts) == derived_id(*parts)
+    keyring = Keyring.generate()
+    sealed = keyring.seal_fields("phone", "13812345678")
+    assert Protected.model_validate(sealed).model_dump() == sealed and keyring.reveal(Protected(**sealed))
+
+    now = datetime(2026, 11, 27, 7, 30, 1, 123456, tzinfo=UTC)
+    parser = imports.Parser(keyring=keyring, grids={"G01": "B1"}, now=now)
+    header = ["address", "grid", "house_use", "name", "id_number", "phone", "kind", "arrived_at", "expected_end"]
+    line = f"金水小区7号楼101,G01,出租,张伟,{ZHANG},13812345678,流动,2026-01-05,2027-01-05T08:00:00\n"
+    [row], errors = parser.lines(header, [(2, line)])
+    assert not errors
+    row.code = row.derived
+    importer = imports.Importer(pool=None, keyring=keyring, actor="admin-1", now=now)  # type: ignore[arg-type]
+    registered = importer._registered(row)
+    assert HouseholdRegistered.model_validate(registered).model_dump(mode="json") == registered
+    arrived = importer._arrived(row, row.house_id)
+    assert ResidentArrived.model_validate(arrived).model_dump(mode="json") == arrived
+    assert arrived["arrived_at"] == "2026-01-05T00:00:00+08:00" and arrived["kind"] == "floating"
+    assert registered["registered_at"] == "2026-11-27T07:30:01.123456Z" and registered["house_use"] == "let"

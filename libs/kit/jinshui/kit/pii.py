@@ -359,17 +359,20 @@ class Keyring:
         digest = hmac.new(self.hash_key, f"{kind}:{normal}".encode(), hashlib.sha256).hexdigest()
         return f"{self.hash_key_id}:{digest}"
 
-    def _protect(self, kind: Kind, normal: str, masked: str) -> Protected:
+    def _fields(self, kind: Kind, normal: str, masked: str) -> dict[str, str]:
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead[self.active].encrypt(nonce, normal.encode(), self._aad(kind, self.active))
+        return {
+            "kind": kind,
+            "hash": self._hash(kind, normal),
+            "ciphertext": base64.b64encode(nonce + sealed).decode(),
+            "key_id": self.active,
+            "masked": masked,
+        }
+
+    def _protect(self, kind: Kind, normal: str, masked: str) -> Protected:
         # Every field is made here, of the right type: no validation to repeat (a bulk import makes millions).
-        return Protected.model_construct(
-            kind=kind,
-            hash=self._hash(kind, normal),
-            ciphertext=base64.b64encode(nonce + sealed).decode(),
-            key_id=self.active,
-            masked=masked,
-        )
+        return Protected.model_construct(**self._fields(kind, normal, masked))
 
     def protect_id_number(self, value: str, *, field: str = "id_number") -> Protected:
         """Validate an ID number and protect it; PersonalDataError names `field` and the reason."""
@@ -385,6 +388,11 @@ class Keyring:
         """Protect a value that normalize_id_number / normalize_phone already returned (no second validation)."""
         masked = mask_id_number(normal) if kind == "id_number" else mask_phone(normal)
         return self._protect(kind, normal, masked)
+
+    def seal_fields(self, kind: Kind, normal: str) -> dict[str, str]:
+        """seal() as the dict its model_dump() gives, with no model made: for bulk paths that store it as JSON."""
+        masked = mask_id_number(normal) if kind == "id_number" else mask_phone(normal)
+        return self._fields(kind, normal, masked)
 
     def protect(self, kind: Kind, value: str, *, field: str | None = None) -> Protected:
         """protect_id_number or protect_phone, by kind."""

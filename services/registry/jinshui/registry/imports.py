@@ -25,23 +25,25 @@ from typing import Any
 
 import asyncpg
 import orjson
+from pydantic_core import to_jsonable_python
 
+from jinshui.contracts.envelope import new_event
+from jinshui.contracts.events import TYPE_OF
 from jinshui.contracts.registry import (
-    HouseholdRegistered,
     HouseholdsImported,
     HouseUse,
     ResidencyKind,
-    ResidentArrived,
     ResidentsImported,
 )
 from jinshui.kit import outbox
-from jinshui.kit.pii import Keyring, PersonalDataError, normalize_id_number
+from jinshui.kit.pii import Keyring, PersonalDataError, normalize_id_number, normalize_phone
 from jinshui.registry import codes
 from jinshui.registry.handlers import EXPIRY
-from jinshui.registry.outbox import derived_id, event
+from jinshui.registry.outbox import NS, SOURCE, SUBJECT_OF, derived_id
 from jinshui.registry.tags import SHANGHAI
 
 CHUNK = 1000
+_NS = NS.bytes
 SNIFF = 64 * 1024
 COLUMNS = {
     "household_code": ("户码", "户编码"),
@@ -61,7 +63,13 @@ COLUMNS = {
     "expected_end": ("预计离开日期",),
 }
 ALIASES = {alias: name for name, aliases in COLUMNS.items() for alias in (name, *aliases)}
-KINDS = {"常住": "permanent", "户籍": "permanent", "流动": "floating", "租住": "tenant", "租户": "tenant"}
+KINDS = {
+    "常住": "permanent",
+    "户籍": "permanent",
+    "流动": "floating",
+    "租住": "tenant",
+    "租户": "tenant",
+}
 USES = {
     "自住": "owner_occupied",
     "出租": "let",
@@ -144,16 +152,19 @@ def _pick(head: bytes, encoding: str, summary: Summary, *, final: bool):
     raise ImportError_(f"the file is not {' or '.join(n.split('-sig')[0] for n in names)} text")
 
 
-async def rows(lines: AsyncIterator[str]) -> AsyncIterator[list[tuple[int, dict[str, str]]]]:
-    """Chunks of (row number as a spreadsheet shows it, the row by column name); the header is row 1. A chunk has
-    at most CHUNK rows and ends, where it can, with the last row of a household (rows of one address in a row)."""
+async def chunks(
+    lines: AsyncIterator[str],
+) -> AsyncIterator[tuple[list[str], list[tuple[int, str]]]]:
+    """The header (column names) and chunks of (row number as a spreadsheet shows it, the line); the header is row
+    1, blank rows are left out. A chunk has at most CHUNK rows and ends, where it can, with the last row of a
+    household (rows of one address in a row). Lines are split into values by `values` (in the parsing workers)."""
     header: list[str] | None = None
-    chunk: list[tuple[int, dict[str, str]]] = []
-    number = 0
+    chunk: list[tuple[int, str]] = []
+    number = at = 0
     async for line in lines:
         number += 1
-        [values] = list(csv.reader([line])) or [[]]
         if header is None:
+            [values] = list(csv.reader([line])) or [[]]
             header = [ALIASES.get(v.strip().lstrip("\ufeff"), "") for v in values]
             missing = {"address", "grid"} - set(header)
             if missing:
@@ -161,22 +172,51 @@ async def rows(lines: AsyncIterator[str]) -> AsyncIterator[list[tuple[int, dict[
             unknown = [v for v, h in zip(values, header, strict=True) if not h]
             if unknown:
                 raise ImportError_(f"unknown column(s) {', '.join(unknown)} (known: {', '.join(COLUMNS)})")
+            at = header.index("address")
             continue
-        if not any(v.strip() for v in values):
+        if '"' in line:
+            if not any(v.strip() for v in values(line)):
+                continue
+        elif not line.replace(",", "").strip():
             continue
-        chunk.append((number, {h: v.strip() for h, v in zip(header, values, strict=False)}))
+        chunk.append((number, line))
         if len(chunk) >= CHUNK:
             # Cut before the last household's rows (they go with the next chunk), so that chunks applied at once
             # seldom share a household; a chunk of one address only is cut where it is.
             cut = len(chunk) - 1
-            last = chunk[cut][1].get("address")
-            while cut > 0 and chunk[cut - 1][1].get("address") == last:
+            last = _value(chunk[cut][1], at)
+            while cut > 0 and _value(chunk[cut - 1][1], at) == last:
                 cut -= 1
             cut = cut or len(chunk)
-            yield chunk[:cut]
+            yield header, chunk[:cut]
             chunk = chunk[cut:]
     if chunk:
-        yield chunk
+        assert header is not None
+        yield header, chunk
+
+
+def values(line: str) -> list[str]:
+    """A line's values as `csv` reads them (a line without quotes is split at its commas)."""
+    if '"' in line:
+        return next(csv.reader([line]), [])
+    return line.split(",")
+
+
+def _value(line: str, at: int) -> str:
+    v = values(line)
+    return v[at].strip() if at < len(v) else ""
+
+
+def as_rows(header: list[str], chunk: list[tuple[int, str]]) -> list[tuple[int, dict[str, str]]]:
+    return [(n, {h: v.strip() for h, v in zip(header, values(line), strict=False)}) for n, line in chunk]
+
+
+async def rows(
+    lines: AsyncIterator[str],
+) -> AsyncIterator[list[tuple[int, dict[str, str]]]]:
+    """Chunks (as `chunks` makes them) of (row number, the row by column name)."""
+    async for header, chunk in chunks(lines):
+        yield as_rows(header, chunk)
 
 
 def _when(text: str) -> datetime:
@@ -188,22 +228,25 @@ def _when(text: str) -> datetime:
 
 @dataclass
 class Person:
-    """A row's person, with everything the database and the events need made by the parser (a worker process):
-    the ID number and phone sealed and as JSON text, the derived ids, the history entry's data."""
+    """A row's person as the parser (a worker process) makes it: the ID number and phone sealed, the ids derived,
+    the times also as the events write them; `orjson` makes the statement's input of it as it is."""
 
     id: str
     name: str
     id_hash: str
-    id_number: str  # the sealed ID number (Protected) as JSON text
+    id_number: dict  # the sealed ID number (Protected), as stored
     phone_hash: str | None
-    phone: str | None  # the sealed phone as JSON text
+    phone: dict | None
     birth_date: date
     sex: str
     kind: str
     arrived_at: datetime
     expected_end: datetime | None
+    arrived_json: str  # arrived_at and expected_end as in events
+    ends_json: str | None
+    history: dict  # the residency's history data
     residency_id: str = ""  # for the household code the parser chose; made again if the database says another
-    history: str = ""  # the residency's history data as JSON text
+    code: str = ""  # the household, once known
 
 
 @dataclass
@@ -223,8 +266,25 @@ class Row:
         return self.code or self.derived
 
 
+def fast_derived_id(*parts: str) -> str:
+    """derived_id (uuid5 in the registry's namespace) without making a UUID object: the same text, made faster."""
+    digest = bytearray(hashlib.sha1(_NS + ":".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def residency_id(person_id: str, code: str) -> str:
-    return derived_id("imported residency", person_id, code)
+    return fast_derived_id("imported residency", person_id, code)
+
+
+def _json_time(moment: datetime, cache: dict[datetime, str]) -> str:
+    """A time as pydantic writes it in an event."""
+    text = cache.get(moment)
+    if text is None:
+        text = cache[moment] = to_jsonable_python(moment)
+    return text
 
 
 @dataclass
@@ -235,13 +295,19 @@ class Parser:
     grids: dict[str, str | None]
     now: datetime
     errors: list[tuple[int, str, str]] = field(default_factory=list)
+    _times: dict[datetime, str] = field(default_factory=dict)
+    _addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def bad(self, row: int, column: str, reason: str) -> None:
         self.errors.append((row, column, reason))
 
     def chunk(self, chunk: list[tuple[int, dict[str, str]]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
         self.errors = []
+        self._addresses = {}
         return [r for r in (self.row(n, raw) for n, raw in chunk) if r is not None], self.errors
+
+    def lines(self, header: list[str], chunk: list[tuple[int, str]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
+        return self.chunk(as_rows(header, chunk))
 
     def row(self, number: int, raw: dict[str, str]) -> Row | None:
         bad = self.bad
@@ -260,7 +326,11 @@ class Parser:
                 return bad(number, "grid", f"grid {grid} is not covered by a police beat yet")
         code = codes.normalize(raw.get("household_code", ""))
         if code and not (len(code) <= 32 and code.isalnum()):
-            return bad(number, "household_code", "not a household code (letters and digits, at most 32)")
+            return bad(
+                number,
+                "household_code",
+                "not a household code (letters and digits, at most 32)",
+            )
         use = raw.get("house_use", "")
         use = USES.get(use, use) or None
         if use is not None and use not in HouseUse.__members__:
@@ -279,8 +349,9 @@ class Parser:
                 return bad(number, "name", "required with an ID number (at most 64 characters)")
             try:
                 normal = normalize_id_number(number_text)
-                id_number = self.keyring.seal("id_number", normal)
-                phone = self.keyring.protect("phone", raw["phone"]) if raw.get("phone") else None
+                id_number = self.keyring.seal_fields("id_number", normal)
+                phone_text = raw.get("phone")
+                phone = self.keyring.seal_fields("phone", normalize_phone(phone_text)) if phone_text else None
             except PersonalDataError as e:
                 return bad(number, e.field, e.reason)
             kind = raw.get("kind", "") or "permanent"
@@ -297,26 +368,37 @@ class Parser:
                 return bad(number, "expected_end", "not a date (YYYY-MM-DD) or time (ISO 8601)")
             if ends is not None and ends <= arrived:
                 return bad(number, "expected_end", "not after arrived_at")
-            person_id = derived_id("person", id_number.hash)
+            person_id = fast_derived_id("person", id_number["hash"])
             row.person = Person(
                 id=person_id,
                 name=name,
-                id_hash=id_number.hash,
-                id_number=orjson.dumps(id_number.model_dump()).decode(),
-                phone_hash=phone.hash if phone else None,
-                phone=orjson.dumps(phone.model_dump()).decode() if phone else None,
+                id_hash=id_number["hash"],
+                id_number=id_number,
+                phone_hash=phone["hash"] if phone else None,
+                phone=phone,
                 birth_date=date(int(normal[6:10]), int(normal[10:12]), int(normal[12:14])),
                 sex="male" if int(normal[16]) % 2 else "female",
                 kind=kind,
                 arrived_at=arrived,
                 expected_end=ends,
-                history=orjson.dumps(
-                    {"person_id": person_id, "kind": kind, "arrived_at": arrived.isoformat(), "row": number}
-                ).decode(),
+                arrived_json=_json_time(arrived, self._times),
+                ends_json=_json_time(ends, self._times) if ends is not None else None,
+                history={
+                    "person_id": person_id,
+                    "kind": kind,
+                    "arrived_at": arrived.isoformat(),
+                    "row": number,
+                },
             )
-        # The derived ids (hashes) are made here too, off the event loop.
-        row.derived = "" if code else derived_code(address)
-        row.house_id = derived_id("house", address)
+        # The derived ids (hashes) are made here too, off the event loop; once per address.
+        made = self._addresses.get(address)
+        if made is None:
+            made = self._addresses[address] = (
+                derived_code(address),
+                fast_derived_id("house", address),
+            )
+        row.derived = "" if code else made[0]
+        row.house_id = made[1]
         if row.person is not None:
             row.person.residency_id = residency_id(row.person.id, row.candidate)
         return row
@@ -330,9 +412,9 @@ def _start_worker(keys: str, grids: dict[str, str | None], now: datetime) -> Non
     _worker = Parser(keyring=Keyring.from_json(keys), grids=grids, now=now)
 
 
-def _parse_in_worker(chunk: list[tuple[int, dict[str, str]]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
+def _parse_in_worker(header: list[str], chunk: list[tuple[int, str]]) -> tuple[list[Row], list[tuple[int, str, str]]]:
     assert _worker is not None
-    return _worker.chunk(chunk)
+    return _worker.lines(header, chunk)
 
 
 def _keys(parsed: list[Row]) -> set[str]:
@@ -344,10 +426,6 @@ def _keys(parsed: list[Row]) -> set[str]:
         if r.person is not None:
             keys.add("p:" + r.person.id)
     return keys
-
-
-_KINDS = {k.value: k for k in ResidencyKind}
-_USES = {u.value: u for u in HouseUse}
 
 
 class Importer:
@@ -364,8 +442,12 @@ class Importer:
 
     def __init__(self, *, pool: asyncpg.Pool, keyring: Keyring, actor: str, now: datetime) -> None:
         self.pool, self.keyring, self.actor, self.now = pool, keyring, actor, now
-        self.summary = Summary(import_id=str(uuid.uuid4()), errors=tempfile.SpooledTemporaryFile(max_size=1 << 20))
+        self.summary = Summary(
+            import_id=str(uuid.uuid4()),
+            errors=tempfile.SpooledTemporaryFile(max_size=1 << 20),
+        )
         self.grids: dict[str, str | None] = {}
+        self._now_json = to_jsonable_python(now)
         self._inflight: dict[int, tuple[set[str], asyncio.Task]] = {}
         self._done: dict[int, list[tuple[int, str, str]]] = {}
         self._flushed = 0
@@ -382,11 +464,11 @@ class Importer:
         parsing: deque[asyncio.Future] = deque()
         try:
             try:
-                async for chunk in rows(decoded_lines(stream, encoding, self.summary)):
+                async for header, chunk in chunks(decoded_lines(stream, encoding, self.summary)):
                     self.summary.rows += len(chunk)
                     if not parsing and self.summary.chunks == 0 and not self._inflight:
                         first = loop.create_future()
-                        first.set_result(parser.chunk(chunk))
+                        first.set_result(parser.lines(header, chunk))
                         parsing.append(first)
                         continue
                     if workers is None:
@@ -396,7 +478,7 @@ class Importer:
                             initializer=_start_worker,
                             initargs=(self.keyring.to_json(), self.grids, self.now),
                         )
-                    parsing.append(loop.run_in_executor(workers, _parse_in_worker, chunk))
+                    parsing.append(loop.run_in_executor(workers, _parse_in_worker, header, chunk))
                     while len(parsing) > self.WORKERS or (parsing and parsing[0].done()):
                         await self._dispatch(await parsing.popleft())
             except UnicodeDecodeError as e:
@@ -423,7 +505,10 @@ class Importer:
     async def _dispatch(self, result: tuple[list[Row], list[tuple[int, str, str]]]) -> None:
         """Start applying the next chunk, once fewer than CONCURRENCY are being applied."""
         while len(self._inflight) >= self.CONCURRENCY:
-            done, _ = await asyncio.wait([t for _, t in self._inflight.values()], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [t for _, t in self._inflight.values()],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for task in done:
                 await self._settle(task)
         parsed, errors = result
@@ -445,7 +530,11 @@ class Importer:
             self._flushed += 1
 
     async def _apply_chunk(
-        self, index: int, parsed: list[Row], errors: list[tuple[int, str, str]], after: list[asyncio.Task]
+        self,
+        index: int,
+        parsed: list[Row],
+        errors: list[tuple[int, str, str]],
+        after: list[asyncio.Task],
     ) -> tuple[int, list[tuple[int, str, str]]]:
         if after:
             await asyncio.wait(after)
@@ -457,18 +546,18 @@ class Importer:
 
     async def _apply(self, conn: asyncpg.Connection, index: int, parsed: list[Row], errors: list) -> None:
         s = self.summary
-        people = [r.person.id for r in parsed if r.person is not None]
         # What the database has already: the households at the rows' addresses or codes, the persons' residencies.
         found = await conn.fetch(
             """SELECT 0 AS t, code AS a, address AS b, house_id AS c, registered_at AS at FROM households
-                WHERE address = ANY($1::text[]) OR code = ANY($2::text[])
+                WHERE address = ANY(ARRAY(SELECT json_array_elements_text($1::json)))
+                   OR code = ANY(ARRAY(SELECT json_array_elements_text($2::json)))
                UNION ALL
                SELECT 1, person_id, household_code, NULL, NULL FROM residencies
-                WHERE person_id = ANY($3::text[]) AND departed_at IS NULL
+                WHERE person_id = ANY(ARRAY(SELECT json_array_elements_text($3::json))) AND departed_at IS NULL
                ORDER BY 1, 5, 2""",
             list({r.address for r in parsed}),
             list({r.candidate for r in parsed}),
-            people,
+            [r.person.id for r in parsed if r.person is not None],
         )
         by_address: dict[str, str] = {}
         by_code: dict[str, tuple[str, str | None]] = {}
@@ -490,30 +579,43 @@ class Importer:
         for r in parsed:
             known = by_code[r.code][0] if r.code in by_code else (made[r.code].address if r.code in made else None)
             if known is not None and known != r.address:
-                errors.append((r.number, "household_code", f"household {r.code} is registered at another address"))
+                errors.append(
+                    (
+                        r.number,
+                        "household_code",
+                        f"household {r.code} is registered at another address",
+                    )
+                )
                 continue
             if r.code not in by_code:
                 made.setdefault(r.code, r)
             ok.append(r)
         seen: dict[str, int] = {}
-        arriving: list[Row] = []
+        arriving: list[Person] = []
         for r in ok:
-            if r.person is None:
+            p = r.person
+            if p is None:
                 continue
-            pid = r.person.id
-            if pid in seen:
-                errors.append((r.number, "id_number", f"the same person as row {seen[pid]}"))
+            if p.id in seen:
+                errors.append((r.number, "id_number", f"the same person as row {seen[p.id]}"))
                 continue
-            seen[pid] = r.number
-            where = open_.get(pid)
+            seen[p.id] = r.number
+            where = open_.get(p.id)
             if where == r.code:
                 continue
             if where is not None:
-                errors.append((r.number, "id_number", f"the person is resident in household {where}: submit a move"))
+                errors.append(
+                    (
+                        r.number,
+                        "id_number",
+                        f"the person is resident in household {where}: submit a move",
+                    )
+                )
                 continue
-            arriving.append(r)
-        households = list(made.values())
-        new_codes, new_residencies, persons_new = await self._write(conn, households, arriving)
+            p.code = r.code
+            arriving.append(p)
+        households = {r.code: self._registered(r) for r in made.values()}
+        new_codes, new_residencies, persons_new = await self._write(conn, list(made.values()), households, arriving)
         s.households_new += len(new_codes)
         s.persons_new += persons_new
         s.residencies_new += len(new_residencies)
@@ -522,135 +624,140 @@ class Importer:
         )
         events = []
         if new_codes:
-            registered = [self._registered(r) for r in households if r.code in new_codes]
-            data = HouseholdsImported.model_construct(import_id=s.import_id, chunk=index, households=registered)
-            events.append(
-                event(data, id=derived_id("households.imported", s.import_id, str(index)), key=None, time=self.now)
-            )
+            data = {
+                "import_id": s.import_id,
+                "chunk": index,
+                "households": [h for code, h in households.items() if code in new_codes],
+            }
+            id_ = derived_id("households.imported", s.import_id, str(index))
+            events.append(self._event(HouseholdsImported, data, id_))
         if new_residencies:
-            house_of = {code: house for code, (_, house) in by_code.items()}
             arrivals = [
-                self._arrived(r, house_of.get(r.code, r.house_id))
-                for r in arriving
-                if r.person.residency_id in new_residencies
+                self._arrived(r, by_code[r.code][1] if r.code in by_code else r.house_id)
+                for r in ok
+                if r.person is not None and r.person.residency_id in new_residencies and r.person.code
             ]
-            data = ResidentsImported.model_construct(import_id=s.import_id, chunk=index, arrivals=arrivals)
-            events.append(
-                event(data, id=derived_id("residents.imported", s.import_id, str(index)), key=None, time=self.now)
-            )
+            data = {"import_id": s.import_id, "chunk": index, "arrivals": arrivals}
+            id_ = derived_id("residents.imported", s.import_id, str(index))
+            events.append(self._event(ResidentsImported, data, id_))
         if events:
             await outbox.add_many(conn, events)
 
-    def _registered(self, r: Row) -> HouseholdRegistered:
-        return HouseholdRegistered.model_construct(
-            code=r.code,
-            address=r.address,
-            grid=r.grid,
-            beat=r.beat,
-            registered_at=self.now,
-            house_id=r.house_id,
-            house_use=_USES[r.house[4]] if r.house[4] else None,
-        )
+    def _event(self, contract: type, data: dict, id_: str):
+        """The event of a HouseholdsImported or ResidentsImported made as a dict (as its model_dump would be)."""
+        return new_event(id=id_, type=TYPE_OF[contract], source=SOURCE, time=self.now, data=data), SUBJECT_OF[contract]
 
-    def _arrived(self, r: Row, house_id: str | None) -> ResidentArrived:
+    def _registered(self, r: Row) -> dict:
+        """HouseholdRegistered, as its model_dump(mode="json") is."""
+        return {
+            "code": r.code,
+            "address": r.address,
+            "grid": r.grid,
+            "beat": r.beat,
+            "registered_at": self._now_json,
+            "house_id": r.house_id,
+            "house_use": r.house[4],
+        }
+
+    def _arrived(self, r: Row, house_id: str | None) -> dict:
+        """ResidentArrived, as its model_dump(mode="json") is."""
         p = r.person
-        return ResidentArrived.model_construct(
-            residency_id=p.residency_id,
-            person_id=p.id,
-            id_hash=p.id_hash,
-            household_code=r.code,
-            house_id=house_id,
-            grid=r.grid,
-            beat=r.beat,
-            kind=_KINDS[p.kind],
-            arrived_at=p.arrived_at,
-            expected_end=p.expected_end,
-            submission_id=self.summary.import_id,
-            record_index=r.number,
-            move_id=None,
-        )
+        assert p is not None
+        return {
+            "residency_id": p.residency_id,
+            "person_id": p.id,
+            "id_hash": p.id_hash,
+            "household_code": r.code,
+            "house_id": house_id,
+            "grid": r.grid,
+            "beat": r.beat,
+            "kind": p.kind,
+            "arrived_at": p.arrived_json,
+            "expected_end": p.ends_json,
+            "submission_id": self.summary.import_id,
+            "record_index": r.number,
+            "move_id": None,
+        }
 
-    async def _write(self, conn, households: list[Row], arriving: list[Row]) -> tuple[set[str], set[str], int]:
+    async def _write(
+        self, conn, made: list[Row], households: dict[str, dict], arriving: list[Person]
+    ) -> tuple[set[str], set[str], int]:
         """One statement: the houses and households new to the registry with their history, the persons, their
         residencies with their expiry timers and history; returns the codes and residency ids it made, and how many
-        persons. Rows already there are left alone (ON CONFLICT DO NOTHING), in key order (no deadlocks)."""
-        if not households and not arriving:
+        persons. What is there already is left alone (ON CONFLICT DO NOTHING)."""
+        if not made and not arriving:
             return set(), set(), 0
-        households = sorted(households, key=lambda r: r.code)
-        arriving = sorted(arriving, key=lambda r: r.person.id)
-        registered = [self._registered(r).model_dump_json() for r in households]
-        p = [r.person for r in arriving]
+        hin = [
+            {
+                "code": r.code,
+                "address": r.address,
+                "grid": r.grid,
+                "beat": r.beat,
+                "house_id": r.house_id,
+                "building": r.house[0],
+                "unit": r.house[1],
+                "floor": r.house[2],
+                "room": r.house[3],
+                "use": r.house[4],
+                "data": households[r.code],
+            }
+            for r in made
+        ]
         got = await conn.fetchrow(
             """WITH hin AS (
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                            AS t(code, address, grid, beat, house_id, building, unit, floor, room, use, data)),
+                   SELECT * FROM json_to_recordset($1::json)
+                       AS t(code text, address text, grid text, beat text, house_id text, building text, unit text,
+                            floor text, room text, use text, data jsonb)),
                houses_ AS (
                    INSERT INTO houses (id, address, building, unit, floor, room, use, grid, registered_at)
-                   SELECT house_id, address, building, unit, floor, room, use, grid, $12 FROM hin
-                   ORDER BY house_id
+                   SELECT house_id, address, building, unit, floor, room, use, grid, $3 FROM hin
                    ON CONFLICT DO NOTHING),
                households_ AS (
                    INSERT INTO households (code, address, grid, beat, registered_at, registered_by, house_id)
-                   SELECT code, address, grid, beat, $12, $13, house_id FROM hin
+                   SELECT code, address, grid, beat, $3, $4, house_id FROM hin
                    ON CONFLICT DO NOTHING RETURNING code),
                hhistory AS (
                    INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
-                   SELECT h.code, 'household', h.code, 'registered', hin.data::jsonb, $13, $14, $12
+                   SELECT h.code, 'household', h.code, 'registered', hin.data, $4, $5, $3
                    FROM households_ h JOIN hin USING (code)
                    ON CONFLICT DO NOTHING),
                pin AS (
-                   SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
-                                        $21::date[], $22::text[], $23::text[], $24::text[], $25::text[],
-                                        $26::timestamptz[], $27::timestamptz[], $28::text[])
-                            AS t(id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, rid, code, kind,
-                                 arrived_at, expected_end, data)),
+                   SELECT * FROM json_to_recordset($2::json)
+                       AS t(id text, name text, id_hash text, id_number jsonb, phone_hash text, phone jsonb,
+                            birth_date date, sex text, kind text, arrived_at timestamptz, expected_end timestamptz,
+                            history jsonb, residency_id text, code text)),
                persons_ AS (
                    INSERT INTO persons (id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, registered_at)
-                   SELECT id, name, id_hash, id_number::jsonb, phone_hash, phone::jsonb, birth_date, sex, $12 FROM pin
+                   SELECT id, name, id_hash, id_number, phone_hash, phone, birth_date, sex, $3 FROM pin
                    ON CONFLICT DO NOTHING RETURNING id),
                residencies_ AS (
                    INSERT INTO residencies (id, person_id, household_code, kind, arrived_at, expected_end,
                                             arrival_submission)
-                   SELECT rid, id, code, kind, arrived_at, expected_end, $14 FROM pin
+                   SELECT residency_id, id, code, kind, arrived_at, expected_end, $5 FROM pin
                    ON CONFLICT DO NOTHING RETURNING id),
                timers_ AS (
                    INSERT INTO timers (kind, ref, due_at, payload)
-                   SELECT $29, pin.rid, pin.expected_end, '{}' FROM residencies_ r JOIN pin ON pin.rid = r.id
+                   SELECT $6, pin.residency_id, pin.expected_end, '{}'
+                   FROM residencies_ r JOIN pin ON pin.residency_id = r.id
                    WHERE pin.expected_end IS NOT NULL
                    ON CONFLICT DO NOTHING),
                rhistory AS (
                    INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
-                   SELECT pin.code, 'residency', pin.rid, 'arrived', pin.data::jsonb, $13, $14, $12
-                   FROM residencies_ r JOIN pin ON pin.rid = r.id
+                   SELECT pin.code, 'residency', pin.residency_id, 'arrived', pin.history, $4, $5, $3
+                   FROM residencies_ r JOIN pin ON pin.residency_id = r.id
                    ON CONFLICT DO NOTHING)
                SELECT (SELECT array_agg(code) FROM households_) AS households,
                       (SELECT array_agg(id) FROM residencies_) AS residencies,
                       (SELECT count(*) FROM persons_) AS persons""",
-            [r.code for r in households],
-            [r.address for r in households],
-            [r.grid for r in households],
-            [r.beat for r in households],
-            [r.house_id for r in households],
-            *[[r.house[i] for r in households] for i in range(5)],
-            registered,
+            hin,
+            arriving,
             self.now,
             self.actor,
             self.summary.import_id,
-            [x.id for x in p],
-            [x.name for x in p],
-            [x.id_hash for x in p],
-            [x.id_number for x in p],
-            [x.phone_hash for x in p],
-            [x.phone for x in p],
-            [x.birth_date for x in p],
-            [x.sex for x in p],
-            [x.residency_id for x in p],
-            [r.code for r in arriving],
-            [x.kind for x in p],
-            [x.arrived_at for x in p],
-            [x.expected_end for x in p],
-            [x.history for x in p],
             EXPIRY,
         )
-        return set(got["households"] or ()), set(got["residencies"] or ()), got["persons"]
+        return (
+            set(got["households"] or ()),
+            set(got["residencies"] or ()),
+            got["persons"],
+        )
