@@ -14,7 +14,7 @@ from jinshui.contracts.envelope import encode, new_event
 from jinshui.contracts.streams import Naming
 from jinshui.kit import db, natsconn, outbox
 from jinshui.kit.app import KIT_MIGRATIONS
-from jinshui.kit.consumer import ConsumerSpec, InboxConsumer, Permanent
+from jinshui.kit.consumer import ConsumerSpec, InboxConsumer, Permanent, records_in
 from jinshui.kit.outbox import OutboxRelay
 from jinshui.kit.settings import ServiceSettings
 from jinshui.kit.testing import eventually
@@ -90,7 +90,7 @@ async def _backlog_zero(relay) -> bool:
     return await relay.backlog() == 0
 
 
-def consumer(env, handler, *, durable="kit-test", max_deliver=5) -> InboxConsumer:
+def consumer(env, handler, *, durable="kit-test", max_deliver=5, records_per_transaction=None) -> InboxConsumer:
     spec = ConsumerSpec(
         durable=durable,
         stream=streams.REGISTRY,
@@ -99,6 +99,7 @@ def consumer(env, handler, *, durable="kit-test", max_deliver=5) -> InboxConsume
         batch=50,
         max_deliver=max_deliver,
         retry_delay=0.05,
+        records_per_transaction=records_per_transaction,
     )
     c = InboxConsumer(pool=env.pool, js=env.js, naming=env.naming, spec=spec)
     env.tasks.append(asyncio.create_task(c.run()))
@@ -209,3 +210,22 @@ async def test_all_streams_reads_past_the_first_page(servers, stream_prefix):
     finally:
         await asyncio.gather(*(js.delete_stream(n) for n in names), return_exceptions=True)
         await nc.close()
+
+
+async def test_a_fetched_batch_is_applied_in_transactions_of_about_the_records_asked(env):
+    await env.pool.execute("CREATE TABLE tx_of (event_id text, tx bigint, records int)")
+    sizes = [4, 4, 4, 1, 12, 3]
+    sent = [new_event(type=TYPE, source="/test", data={"records": [{"i": i}] * n}) for i, n in enumerate(sizes)]
+    for ev in sent:  # all in the stream before the consumer fetches them
+        await publish(env, ev)
+
+    async def remember(conn, ev) -> None:
+        await conn.execute("INSERT INTO tx_of VALUES ($1, txid_current(), $2)", ev.id, records_in(ev))
+
+    consumer(env, remember, records_per_transaction=10)
+    await eventually(lambda: env.pool.fetchval("SELECT count(*) = 6 FROM tx_of"), what="every event applied")
+    rows = await env.pool.fetch("SELECT tx, array_agg(records ORDER BY event_id) AS n FROM tx_of GROUP BY tx")
+    assert len(rows) > 1, "28 records are not one transaction"
+    for r in rows:
+        assert sum(r["n"]) <= 10 or len(r["n"]) == 1, f"a transaction of {r['n']} records"
+    assert sorted(n for r in rows for n in r["n"]) == sorted(sizes)

@@ -64,9 +64,12 @@ RISK_HOUSEHOLD = "risk.household"  # risk.household.<verb>.<grid>
 RISK_SUBMISSION_SETTLED = "risk.submission.settled"
 SIGHTINGS_SUBMITTED = "sightings.batch.submitted"
 DLQ_PREFIX = "dlq"
-# One INTAKE or SIGHTINGS message carries a whole submitted batch (up to 500 records): a consumer fetches a few
-# of them at a time, so that one transaction stays around a thousand records, not a hundred thousand.
-BATCHES_PER_FETCH = 2
+# One INTAKE or SIGHTINGS message carries a whole submitted batch (up to 500 records), a REGISTRY visits.recorded
+# a beat's share of one: a consumer fetches up to BATCHES_PER_FETCH of them and applies them in transactions of
+# about RECORDS_PER_TRANSACTION records, so that 32 small submissions cost one transaction, not 16, and one
+# transaction stays around a thousand records, not a hundred thousand.
+BATCHES_PER_FETCH = 32
+RECORDS_PER_TRANSACTION = 1000
 
 
 def keyed(subject: str, key: str) -> str:

@@ -51,6 +51,15 @@ class ConsumerSpec:
     retry_delay: float = 1.0
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
     extra: dict = field(default_factory=dict)
+    # Apply a fetched batch in transactions of at most this many records (see records_in), or all in one (None).
+    records_per_transaction: int | None = None
+
+
+def records_in(event: CloudEvent) -> int:
+    """How many records an event carries: its data's longest list (a submitted batch's records, a beat's visits),
+    or 1."""
+    data = event.data if isinstance(event.data, dict) else {}
+    return max([1, *(len(v) for v in data.values() if isinstance(v, list))])
 
 
 @dataclass
@@ -132,19 +141,38 @@ class InboxConsumer:
                 events.append((msg, decode(msg.data)))
             except (ValueError, ValidationError) as e:
                 outcomes.append(_Outcome(msg, "dlq", f"not a CloudEvent: {_short(e)}"))
-        if events and self.pool is None:
-            outcomes += await self._apply_idempotent(events)
-        elif events:
-            try:
-                outcomes += await self._apply(events, savepoints=False)
-            except _Fallback:
-                outcomes += await self._apply(events, savepoints=True)
-            except (TimeoutError, asyncpg.PostgresError, OSError) as e:
-                self.last_error = repr(e)
-                log.warning("batch transaction failed", extra={"consumer": self.spec.durable, "error": repr(e)})
-                outcomes += [self._transient(m, repr(e), self.spec.retry_delay) for m, _ in events]
         await self._settle(outcomes)
+        for group in self._transactions(events):
+            await self._settle(await self._apply_group(group))
         metrics.BATCH_SECONDS.labels(self.spec.durable).observe(time.perf_counter() - started)
+
+    def _transactions(self, events: list[tuple[Msg, CloudEvent]]) -> list[list[tuple[Msg, CloudEvent]]]:
+        """The fetched events in stream order, cut into transactions of about `records_per_transaction` records."""
+        limit = self.spec.records_per_transaction
+        if limit is None or self.pool is None:
+            return [events] if events else []
+        groups: list[list[tuple[Msg, CloudEvent]]] = []
+        size = 0
+        for item in events:
+            n = records_in(item[1])
+            if not groups or size + n > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += n
+        return groups
+
+    async def _apply_group(self, events: list[tuple[Msg, CloudEvent]]) -> list[_Outcome]:
+        if self.pool is None:
+            return await self._apply_idempotent(events)
+        try:
+            return await self._apply(events, savepoints=False)
+        except _Fallback:
+            return await self._apply(events, savepoints=True)
+        except (TimeoutError, asyncpg.PostgresError, OSError) as e:
+            self.last_error = repr(e)
+            log.warning("batch transaction failed", extra={"consumer": self.spec.durable, "error": repr(e)})
+            return [self._transient(m, repr(e), self.spec.retry_delay) for m, _ in events]
 
     async def _apply(self, events: list[tuple[Msg, CloudEvent]], *, savepoints: bool) -> list[_Outcome]:
         """One transaction for the batch. Without savepoints any failure aborts it (and we retry with them)."""

@@ -63,6 +63,7 @@ def build(settings: IncidentsSettings | None = None) -> Service:
         ConsumerSpec(
             durable="incidents-intake",
             batch=streams.BATCHES_PER_FETCH,
+            records_per_transaction=streams.RECORDS_PER_TRANSACTION,
             stream=streams.INTAKE,
             subjects=[INTAKE_POLICE_CALLS, INTAKE_REPORTS],
             handler=on_intake,
@@ -72,6 +73,7 @@ def build(settings: IncidentsSettings | None = None) -> Service:
         ConsumerSpec(
             durable="incidents-visits",
             stream=streams.REGISTRY,
+            records_per_transaction=2 * streams.RECORDS_PER_TRANSACTION,  # most visits need nothing here
             subjects=handlers.VISIT_SUBJECTS,  # visit.recorded v1 and v2 (upgraded: see proto/CONTRACTS.md)
             handler=handlers.on_visit_recorded,
         )

@@ -64,6 +64,7 @@ def build(settings: RegistrySettings | None = None) -> Service:
         ConsumerSpec(
             durable="registry-intake",
             batch=streams.BATCHES_PER_FETCH,
+            records_per_transaction=streams.RECORDS_PER_TRANSACTION,
             stream=streams.INTAKE,
             subjects=[
                 streams.INTAKE_VISITS,

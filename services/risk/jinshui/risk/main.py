@@ -33,11 +33,20 @@ def build(settings: RiskSettings | None = None) -> Service:
     )
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]
-        svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[prefix], handler=on_event))
+        svc.consumer(
+            ConsumerSpec(
+                durable=durable,
+                stream=stream,
+                subjects=[prefix],
+                handler=on_event,
+                records_per_transaction=2 * streams.RECORDS_PER_TRANSACTION,  # a batch of visits, an import chunk
+            )
+        )
     svc.consumer(
         ConsumerSpec(
             durable="risk-sightings",
             batch=streams.BATCHES_PER_FETCH,
+            records_per_transaction=streams.RECORDS_PER_TRANSACTION,
             stream=streams.SIGHTINGS,
             subjects=[streams.SIGHTINGS_SUBMITTED],
             handler=partial(
