@@ -172,8 +172,8 @@ def floors_table(floors: dict, cpu: dict | None = None) -> str:
 
 def pipeline_table(results: dict) -> str:
     lines = []
-    for name in ("intake", "visits"):
-        pipeline = results["scenarios"][name].get("details", {}).get("pipeline")
+    for name in ("intake", "visits", "latency"):
+        pipeline = results["scenarios"].get(name, {}).get("details", {}).get("pipeline")
         if not pipeline:
             continue
         lines.append(f"{name}, steady phase: consumer batches (mean time, share of the phase busy) and outbox rates")

@@ -573,6 +573,7 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
             steady = elapsed >= size.latency_warmup
             if steady and window is None:
                 env.check_services()
+                metrics1 = await env.pipeline_metrics()
                 window = watch.begin()
             records, urgent = [], []
             for _ in range(size.latency_batch):
@@ -593,6 +594,7 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         measured = watch.end(window) if window else None
+        pipeline = pipeline_delta(metrics1, await env.pipeline_metrics(), measured.wall_s) if measured else {}
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
         # Wait until every connected client has every accepted urgent visit's alert (or the drain timeout).
@@ -656,6 +658,7 @@ async def latency(env: BenchEnv, watch: Watch, size: Size, *, desk_clients: int 
         "problems": problems,
         "warnings": warnings,
         "details": {
+            "pipeline": pipeline,
             "measured": "from the 202 reaching the client to the alert event parsed on each desk client's SSE stream",
             "offered_records_per_s": size.latency_rate,
             "accepted_records_per_s_steady": round(accepted_steady_records / wall, 1),

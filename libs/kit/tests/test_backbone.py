@@ -90,7 +90,9 @@ async def _backlog_zero(relay) -> bool:
     return await relay.backlog() == 0
 
 
-def consumer(env, handler, *, durable="kit-test", max_deliver=5, records_per_transaction=None) -> InboxConsumer:
+def consumer(
+    env, handler, *, durable="kit-test", max_deliver=5, records_per_transaction=None, together=None
+) -> InboxConsumer:
     spec = ConsumerSpec(
         durable=durable,
         stream=streams.REGISTRY,
@@ -100,6 +102,8 @@ def consumer(env, handler, *, durable="kit-test", max_deliver=5, records_per_tra
         max_deliver=max_deliver,
         retry_delay=0.05,
         records_per_transaction=records_per_transaction,
+        together=together,
+        together_types=frozenset({TYPE}),
     )
     c = InboxConsumer(pool=env.pool, js=env.js, naming=env.naming, spec=spec)
     env.tasks.append(asyncio.create_task(c.run()))
@@ -229,3 +233,34 @@ async def test_a_fetched_batch_is_applied_in_transactions_of_about_the_records_a
     for r in rows:
         assert sum(r["n"]) <= 10 or len(r["n"]) == 1, f"a transaction of {r['n']} records"
     assert sorted(n for r in rows for n in r["n"]) == sorted(sizes)
+
+
+async def test_events_that_follow_one_another_are_handled_together_and_one_by_one_when_that_fails(env):
+    calls: list[int] = []
+
+    async def together(conn, evs) -> None:
+        calls.append(len(evs))
+        if any(ev.data["code"] == "bad" for ev in evs):
+            raise ValueError("one of them cannot be taken")
+        await conn.executemany("INSERT INTO effects (event_id) VALUES ($1)", [(ev.id,) for ev in evs])
+
+    async def one(conn, ev) -> None:
+        if ev.data["code"] == "bad":
+            raise Permanent("refused")
+        await record_effect(conn, ev)
+
+    first = [event(i) for i in range(5)]
+    for ev in first:
+        await publish(env, ev)
+    consumer(env, one, together=together)
+    await eventually(lambda: env.pool.fetchval("SELECT count(*) = 5 FROM effects"), what="the five effects")
+    assert calls and max(calls) > 1, "events that came together were handled in one call"
+
+    bad = new_event(type=TYPE, source="/test", data={**event(9).data, "code": "bad"})
+    then = [event(10), bad, event(11)]
+    for ev in then:
+        await publish(env, ev)
+    await eventually(lambda: _has(env, then[-1].id), what="the events beside the refused one")
+    assert sorted(await effects(env)) == sorted(e.id for e in [*first, then[0], then[2]])
+    dead = await eventually(lambda: dlq_messages(env), what="the refused event's dead letter")
+    assert [d.headers["Jinshui-Dlq-Reason"] for d in dead] == ["refused"]

@@ -53,6 +53,10 @@ class ConsumerSpec:
     extra: dict = field(default_factory=dict)
     # Apply a fetched batch in transactions of at most this many records (see records_in), or all in one (None).
     records_per_transaction: int | None = None
+    # Events of these types that follow one another in a transaction go to `together` in one call, for set-based
+    # handling; other events, and every event when a batch is retried one by one, go to `handler`.
+    together: Callable[[asyncpg.Connection, list[CloudEvent]], Awaitable[None]] | None = None
+    together_types: frozenset[str] = frozenset()
 
 
 def records_in(event: CloudEvent) -> int:
@@ -188,6 +192,7 @@ class InboxConsumer:
                 )
             }
             seen: set[str] = set()
+            run: list[tuple[Msg, CloudEvent]] = []  # events of the together types, waiting for their call
             for msg, ev in events:
                 if ev.id not in new_ids or ev.id in seen:
                     outcomes.append(_Outcome(msg, "ack", "duplicate"))
@@ -195,6 +200,10 @@ class InboxConsumer:
                 seen.add(ev.id)
                 subject = self.naming.unprefix(msg.subject)
                 if not savepoints:
+                    if self.spec.together is not None and ev.type in self.spec.together_types:
+                        run.append((msg, ev))
+                        continue
+                    await self._together(conn, run, outcomes)
                     try:
                         with telemetry.messaging_span("process", subject, headers=msg.headers):
                             await self.spec.handler(conn, ev)
@@ -219,7 +228,23 @@ class InboxConsumer:
                     log.exception("handler failed", extra={"consumer": self.spec.durable, "event_id": ev.id})
                     await self._forget(conn, ev.id)
                     outcomes.append(self._transient(msg, f"handler error: {_short(e)}", self.spec.retry_delay))
+            await self._together(conn, run, outcomes)
         return outcomes
+
+    async def _together(self, conn: asyncpg.Connection, run: list[tuple[Msg, CloudEvent]], outcomes: list) -> None:
+        """Hand a run of events to the spec's `together` in one call (and empty the run); any failure retries the
+        whole batch one event at a time, where `handler` takes each."""
+        if not run:
+            return
+        (first, _), others = run[0], [m.headers for m, _ in run[1:]]
+        try:
+            subject = self.naming.unprefix(first.subject)
+            with telemetry.messaging_span("process", subject, headers=first.headers, also=others):
+                await self.spec.together(conn, [ev for _, ev in run])
+        except (Permanent, Retry, Exception) as e:
+            raise _Fallback() from e
+        outcomes += [_Outcome(msg, "ack") for msg, _ in run]
+        run.clear()
 
     async def _apply_idempotent(self, events: list[tuple[Msg, CloudEvent]]) -> list[_Outcome]:
         """Without a database the handler itself must be idempotent (e.g. a KV put of a final state)."""

@@ -62,17 +62,25 @@ def current_traceparent() -> str | None:
 
 @contextmanager
 def messaging_span(
-    operation: str, subject: str, *, headers: Mapping[str, str] | None = None, kind=SpanKind.CONSUMER
+    operation: str,
+    subject: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    kind=SpanKind.CONSUMER,
+    also: list[Mapping[str, str] | None] | None = None,
 ) -> Iterator[trace.Span]:
     """A span named by the messaging conventions ("process registry.visit.recorded"), as the current span.
 
-    With `headers`, the span continues the trace those headers carry.
+    With `headers`, the span continues the trace those headers carry; the traces of `also` (the other messages a
+    span processes together with that one) are linked to it.
     """
     ctx = extract(headers) if headers is not None else None
+    links = [trace.Link(trace.get_current_span(extract(h)).get_span_context()) for h in also or () if h is not None]
     with tracer.start_as_current_span(
         f"{operation} {subject}",
         context=ctx,
         kind=kind,
+        links=[link for link in links if link.context.is_valid],
         attributes={
             "messaging.system": "nats",
             "messaging.operation.name": operation,

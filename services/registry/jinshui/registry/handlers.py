@@ -70,28 +70,70 @@ async def _settle(conn: asyncpg.Connection, submission_id: str, outcomes: list[R
 async def record_visits(
     conn: asyncpg.Connection, event_: CloudEvent, *, clock: Clock, publish: frozenset[str] = frozenset({"batch"})
 ) -> None:
-    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction.
+    """Record each visit of a submitted batch; every record gets an outcome, settled in the same transaction."""
+    await record_visit_submissions(conn, [event_], clock=clock, publish=publish)
 
-    `publish`: which events tell of the visits: "batch", one visits.recorded per beat of the submission (the
+
+async def record_visit_submissions(
+    conn: asyncpg.Connection,
+    submitted: list[CloudEvent],
+    *,
+    clock: Clock,
+    publish: frozenset[str] = frozenset({"batch"}),
+) -> None:
+    """Record the visits of several submitted batches at once (a consumer's run of them): every record gets an
+    outcome, each submission is settled, all in the caller's transaction and in a few statements whatever the
+    number of submissions (the households looked up once, the visits, their history and the events written once).
+
+    `publish`: which events tell of the visits: "batch", one visits.recorded per beat of a submission (the
     default); "1" and "2", one visit.recorded v1 or v2 per visit (see proto/CONTRACTS.md)."""
-    batch = _batch(VisitsSubmitted, event_)
-    codes = sorted({r.household_code for r in batch.records})
+    batches = [(e, _batch(VisitsSubmitted, e)) for e in submitted]
+    codes = sorted({r.household_code for _, b in batches for r in b.records})
     households = {
         r["code"]: r
         for r in await conn.fetch(
             "SELECT code, grid, beat, merged_into FROM households WHERE code = ANY($1::text[])", codes
         )
     }
-    latest_allowed = max(clock.now(), batch.received_at) + FUTURE_TOLERANCE
-    named = sorted({p for r in batch.records for p in r.persons_present})
-    persons = {
-        r["id"]: r["kept"]
-        for r in await conn.fetch(
-            "SELECT id, coalesce(merged_into, id) AS kept FROM persons WHERE id = ANY($1::text[])", named
-        )
-    }
-    outcomes: list[RecordOutcome] = []
+    named = sorted({p for _, b in batches for r in b.records for p in r.persons_present})
+    persons = (
+        {
+            r["id"]: r["kept"]
+            for r in await conn.fetch(
+                "SELECT id, coalesce(merged_into, id) AS kept FROM persons WHERE id = ANY($1::text[])", named
+            )
+        }
+        if named
+        else {}
+    )
     rows, events, versions = [], [], []
+    now = clock.now()
+    for event_, batch in batches:
+        outcomes = _visits_of(event_, batch, households, persons, now, publish, rows, events, versions)
+        data = SubmissionSettled(submission_id=batch.submission_id, outcomes=outcomes)
+        events.append(event(data, id=derived_id("settled", batch.submission_id), key=None, time=event_.time))
+    if rows:
+        await conn.executemany(
+            """INSERT INTO visits (id, household_code, grid_worker, visited_at, concerns, people_present,
+                                   persons_present, follow_up_requested, note, submission_id, record_index,
+                                   recorded_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING""",
+            rows,
+        )
+        await conn.executemany(
+            """INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
+               VALUES ($1, 'visit', $2, 'recorded', $3, $4, $5, $6)
+               ON CONFLICT (entity, entity_id, action) DO NOTHING""",
+            versions,
+        )
+    await outbox.add_many(conn, events)
+
+
+def _visits_of(event_, batch, households, persons, now, publish, rows, events, versions) -> list[RecordOutcome]:
+    """One submission's visits checked against the households and persons looked up: the rows, history versions
+    and events of those applied are appended to the run's; the outcome of every record is returned."""
+    latest_allowed = max(now, batch.received_at) + FUTURE_TOLERANCE
+    outcomes: list[RecordOutcome] = []
     by_beat: dict[str, list[VisitRecordedV2]] = {}
     for index, record in enumerate(batch.records):
         household = households.get(record.household_code)
@@ -162,27 +204,12 @@ async def record_visits(
             events.append(event(recorded, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
         by_beat.setdefault(household["beat"], []).append(recorded)
         outcomes.append(RecordOutcome.model_construct(index=index, status=OutcomeStatus.applied, ref=visit_id))
-    if rows:
-        await conn.executemany(
-            """INSERT INTO visits (id, household_code, grid_worker, visited_at, concerns, people_present,
-                                   persons_present, follow_up_requested, note, submission_id, record_index,
-                                   recorded_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING""",
-            rows,
-        )
-        await conn.executemany(
-            """INSERT INTO history (household_code, entity, entity_id, action, data, actor, submission_id, at)
-               VALUES ($1, 'visit', $2, 'recorded', $3, $4, $5, $6)
-               ON CONFLICT (entity, entity_id, action) DO NOTHING""",
-            versions,
-        )
     if "batch" in publish:
         for beat, visits in by_beat.items():
             data = VisitsRecorded(submission_id=batch.submission_id, beat=beat, visits=visits)
             made = derived_id("visits.recorded", batch.submission_id, beat)
             events.append(event(data, id=made, key=beat, time=event_.time))
-    await outbox.add_many(conn, events)
-    await _settle(conn, batch.submission_id, outcomes, event_.time)
+    return outcomes
 
 
 # --- residencies: each record applied whole in its own savepoint, or rejected with the reason --------------

@@ -65,6 +65,8 @@ def build(settings: RegistrySettings | None = None) -> Service:
             durable="registry-intake",
             batch=streams.BATCHES_PER_FETCH,
             records_per_transaction=streams.RECORDS_PER_TRANSACTION,
+            together=partial(handlers.record_visit_submissions, clock=svc.clock, publish=settings.visit_versions),
+            together_types=frozenset({"org.jinshui.intake.visit.submitted.v1"}),
             stream=streams.INTAKE,
             subjects=[
                 streams.INTAKE_VISITS,

@@ -45,9 +45,8 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[asyncpg.Connection, CloudEvent], Awaitable[None]]
 
 
-def following(on_event: Handler, *, book: RuleBook, rules: Handler) -> Handler:
-    """Risk's event handler, with the registry's bulk, death and merge events followed first. `rules` applies the
-    rule book to one event (what `on_event` ends with), for the visits of a batch."""
+def following(on_event: Handler, *, book: RuleBook) -> Handler:
+    """Risk's event handler, with the registry's bulk, death and merge events followed first."""
 
     async def handle(conn: asyncpg.Connection, event: CloudEvent) -> None:
         if event.type == RESIDENTS_IMPORTED:
@@ -60,7 +59,7 @@ def following(on_event: Handler, *, book: RuleBook, rules: Handler) -> Handler:
         elif event.type == HOUSEHOLDS_MERGED:
             await households_merged(conn, _parse(HouseholdsMerged, event))
         elif event.type == VISITS_RECORDED_BATCH:
-            await take_visits(conn, event, book, rules)
+            await take_visits(conn, [event], book, on_event)
             return
         elif event.type in VISITS_RECORDED:  # v1 and v2 carry one visit alike; kept once
             d = event.data
@@ -110,49 +109,61 @@ async def arrivals_that_matter(conn: asyncpg.Connection, event: CloudEvent, book
     return [a for a in every if a.data["id_hash"] in followed or book.matching(a.type, a.data)]
 
 
-async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBook, rules: Handler) -> None:
-    """A batch of visits (visits.recorded), each read as the visit.recorded event it stands for (with the id that
-    event carries, so that an alert, a task or evidence is the same however the visit came).
+def visits_together(on_event: Handler, *, book: RuleBook) -> Callable[[asyncpg.Connection, list], Awaitable[None]]:
+    """The consumer's `together` for runs of visits.recorded events: all their visits taken in one go."""
+
+    async def together(conn: asyncpg.Connection, events: list[CloudEvent]) -> None:
+        await take_visits(conn, events, book, on_event)
+
+    return together
+
+
+async def take_visits(conn: asyncpg.Connection, events: list[CloudEvent], book: RuleBook, on_event: Handler) -> None:
+    """Batches of visits (visits.recorded), each visit read as the visit.recorded event it stands for (with the id
+    that event carries, so that an alert, a task or evidence is the same however the visit came).
 
     Set-based: every visit seen and every household's last visit in one statement each, and the open tasks the
-    visits close (the first visit to a household closes them) in one more. Then, in order, a visit to a household
-    with an open ledger entry follows it up, and a visit a rule matches goes through the rules. A task or entry
-    the batch's own rules open is never one its visits close or follow (they are opened at the batch's time, after
-    its visits), so this is what taking the visits one by one would do, at a fraction of the statements."""
+    visits close (the first visit to a household closes them) in one more; a visit to a household with an open
+    ledger entry follows it up. A household a rule matches one of the visits of is taken one visit at a time, in
+    order, through `on_event`, as if each had come alone (its rules may open tasks that its later visits close).
+    Most visits cost no more than their share of the three statements."""
     book.reload_if_changed()
-    visits = _parse(VisitsRecorded, event).visits
-    as_v1 = [v.as_v1().model_dump(mode="json") for v in visits]
-    codes = [v.household_code for v in visits]
-    ats = [v.visited_at for v in visits]
+    visits = [(event, v) for event in events for v in _parse(VisitsRecorded, event).visits]
+    as_v1 = [v.as_v1().model_dump(mode="json") for _, v in visits]
     await conn.execute(
         """INSERT INTO visits_seen (visit_id, household_code, visited_at)
            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) ON CONFLICT (visit_id) DO NOTHING""",
-        [v.visit_id for v in visits],
-        codes,
-        ats,
+        [v.visit_id for _, v in visits],
+        [v.household_code for _, v in visits],
+        [v.visited_at for _, v in visits],
     )
+    matched = zip(visits, as_v1, strict=True)
+    ruled = {v.household_code for (_, v), data in matched if book.matching(VISIT_RECORDED, data)}
+    latest: dict[str, datetime] = {}
+    first_recorded: dict[str, datetime] = {}  # when the first visit to the household was recorded
+    for event, v in visits:
+        if v.household_code not in ruled:
+            latest[v.household_code] = max(latest.get(v.household_code, v.visited_at), v.visited_at)
+            first_recorded.setdefault(v.household_code, event.time)
     flags = await conn.fetch(
-        """WITH v AS (SELECT code, max(at) AS at FROM unnest($1::text[], $2::timestamptz[]) AS t(code, at)
-                      GROUP BY code),
+        """WITH v AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(code, at, recorded)),
                 kept AS (UPDATE households h SET last_visited_at = greatest(h.last_visited_at, v.at)
                          FROM v WHERE h.code = v.code)
            SELECT v.code,
                   EXISTS (SELECT 1 FROM tasks t WHERE t.household_code = v.code AND t.status = 'open'
-                                                  AND t.created_at < $3) AS tasks,
+                                                  AND t.created_at < v.recorded) AS tasks,
                   EXISTS (SELECT 1 FROM ledger_entries l WHERE l.household_code = v.code AND l.status = 'open'
                                                            AND l.opened_at <= v.at) AS ledger
            FROM v""",
-        codes,
-        ats,
-        event.time,
+        list(latest),
+        list(latest.values()),
+        [first_recorded[code] for code in latest],
     )
     tasked = {r["code"] for r in flags if r["tasks"]}
     followed = {r["code"] for r in flags if r["ledger"]}
-    ruled = [book.matching(VISIT_RECORDED, data) != [] for data in as_v1]
     alone = [
         (
             v.household_code,
-            matched,
             new_event(
                 id=visit_recorded_id(v.visit_id),
                 type=VISIT_RECORDED,
@@ -162,15 +173,15 @@ async def take_visits(conn: asyncpg.Connection, event: CloudEvent, book: RuleBoo
                 data=data,
             ),
         )
-        for v, data, matched in zip(visits, as_v1, ruled, strict=True)
-        if matched or v.household_code in tasked or v.household_code in followed
+        for (event, v), data in zip(visits, as_v1, strict=True)
+        if v.household_code in ruled or v.household_code in tasked or v.household_code in followed
     ]
-    await tasks.close_by_visits(conn, [e for code, _, e in alone if code in tasked])
-    for code, matched, e in alone:
-        if code in followed:
+    await tasks.close_by_visits(conn, [e for code, e in alone if code in tasked])
+    for code, e in alone:
+        if code in ruled:
+            await on_event(conn, e)
+        elif code in followed:
             await ledger.follow_up(conn, e)
-        if matched:
-            await rules(conn, e)
 
 
 async def visit_changed(conn: asyncpg.Connection, event: CloudEvent) -> None:

@@ -21,16 +21,14 @@ def build(settings: RiskSettings | None = None) -> Service:
     book = RuleBook(settings.rules_file or DEFAULT_RULES)
     book.reload()  # a service never starts on a rule file it refuses
     svc.app.state.rules = book
-    on_event = copies.following(
-        partial(
-            handlers.on_event,
-            book=book,
-            escalate_after=escalate_after,
-            letting_window=timedelta(days=settings.letting_departure_window_days),
-        ),
+    rules_and_windows = partial(
+        handlers.on_event,
         book=book,
-        rules=partial(handlers.apply_rules, book=book, escalate_after=escalate_after),
+        escalate_after=escalate_after,
+        letting_window=timedelta(days=settings.letting_departure_window_days),
     )
+    on_event = copies.following(rules_and_windows, book=book)
+    visits_together = copies.visits_together(rules_and_windows, book=book)
     for durable, stream in (("risk-registry", streams.REGISTRY), ("risk-incidents", streams.INCIDENTS)):
         prefix = stream.subjects[0]
         svc.consumer(
@@ -40,6 +38,8 @@ def build(settings: RiskSettings | None = None) -> Service:
                 subjects=[prefix],
                 handler=on_event,
                 records_per_transaction=2 * streams.RECORDS_PER_TRANSACTION,  # a batch of visits, an import chunk
+                together=visits_together if durable == "risk-registry" else None,
+                together_types=frozenset({copies.VISITS_RECORDED_BATCH}),
             )
         )
     svc.consumer(
