@@ -1,7 +1,8 @@
 """Bulk import of households, persons and residencies from CSV (UTF-8, or GBK as Chinese spreadsheets export).
 
-Streaming: the body is read and applied a chunk of rows at a time, so a million rows need no more memory than a
-few; the rows' errors are spooled to a temporary file and sent back after the summary. Valid rows are applied;
+Streaming: the body is read, parsed (in worker processes) and applied a few chunks of rows at a time (see
+Importer), so a million rows need no more memory than a few; the rows' errors are spooled to a temporary file and
+sent back after the summary, in row order within a chunk. Valid rows are applied;
 an invalid row is reported with its row number, column and reason (an ID number or phone never in clear). What
 is already there is left alone, so importing the same file again changes nothing. Each chunk is one transaction
 and at most two events (households, residents), each carrying at most CHUNK records.
