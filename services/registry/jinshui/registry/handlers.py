@@ -45,7 +45,7 @@ from jinshui.kit import outbox, timers
 from jinshui.kit.clock import Clock
 from jinshui.kit.consumer import Permanent
 from jinshui.kit.timers import Timer
-from jinshui.registry.outbox import derived_id, emit, event, history
+from jinshui.registry.outbox import derived_id, emit, event, history, raw_event
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 EXPIRY = "residency.expiry"
@@ -134,7 +134,8 @@ def _visits_of(event_, batch, households, persons, now, publish, rows, events, v
     and events of those applied are appended to the run's; the outcome of every record is returned."""
     latest_allowed = max(now, batch.received_at) + FUTURE_TOLERANCE
     outcomes: list[RecordOutcome] = []
-    by_beat: dict[str, list[VisitRecordedV2]] = {}
+    by_beat: dict[str, list[dict]] = {}
+    submitter = batch.submitter.model_dump(mode="json")
     for index, record in enumerate(batch.records):
         household = households.get(record.household_code)
         if household is None:
@@ -181,34 +182,36 @@ def _visits_of(event_, batch, households, persons, now, publish, rows, events, v
                 event_.time,
             )
         )
-        # Built from the validated record and the household's row: constructed, not validated again (the
-        # consumers validate what they read).
-        recorded = VisitRecordedV2.model_construct(
-            visit_id=visit_id,
-            household_code=record.household_code,
-            grid=household["grid"],
-            beat=household["beat"],
-            visited_by=batch.submitter,
-            visited_at=record.visited_at,
-            concerns=record.concerns,
-            follow_up_requested=record.follow_up_requested,
-            people_present=record.people_present,
-            persons_present=sorted({persons[p] for p in record.persons_present}),
-            submission_id=batch.submission_id,
-            record_index=index,
-        )
+        # The visit as visits.recorded carries it (visit.recorded v2's fields), built as JSON from the validated
+        # record and the household's row: not validated again, its consumers validate what they read.
+        recorded = {
+            "visit_id": visit_id,
+            "household_code": record.household_code,
+            "grid": household["grid"],
+            "beat": household["beat"],
+            "visited_by": submitter,
+            "visited_at": record.visited_at.isoformat(),
+            "concerns": [c.value for c in record.concerns],
+            "follow_up_requested": record.follow_up_requested,
+            "people_present": record.people_present,
+            "persons_present": sorted({persons[p] for p in record.persons_present}),
+            "submission_id": batch.submission_id,
+            "record_index": index,
+        }
         key, at = record.household_code, event_.time
-        if "1" in publish:
-            events.append(event(recorded.as_v1(), id=visit_recorded_id(visit_id), key=key, time=at))
-        if "2" in publish:
-            events.append(event(recorded, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
+        if "1" in publish or "2" in publish:
+            v2 = VisitRecordedV2.model_validate(recorded)
+            if "1" in publish:
+                events.append(event(v2.as_v1(), id=visit_recorded_id(visit_id), key=key, time=at))
+            if "2" in publish:
+                events.append(event(v2, id=derived_id("visit.recorded.v2", visit_id), key=key, time=at))
         by_beat.setdefault(household["beat"], []).append(recorded)
         outcomes.append(RecordOutcome.model_construct(index=index, status=OutcomeStatus.applied, ref=visit_id))
     if "batch" in publish:
         for beat, visits in by_beat.items():
-            data = VisitsRecorded(submission_id=batch.submission_id, beat=beat, visits=visits)
+            data = {"submission_id": batch.submission_id, "beat": beat, "visits": visits}
             made = derived_id("visits.recorded", batch.submission_id, beat)
-            events.append(event(data, id=made, key=beat, time=event_.time))
+            events.append(raw_event(VisitsRecorded, data, id=made, key=beat, time=event_.time))
     return outcomes
 
 
