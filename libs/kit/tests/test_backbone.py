@@ -264,3 +264,36 @@ async def test_events_that_follow_one_another_are_handled_together_and_one_by_on
     assert sorted(await effects(env)) == sorted(e.id for e in [*first, then[0], then[2]])
     dead = await eventually(lambda: dlq_messages(env), what="the refused event's dead letter")
     assert [d.headers["Jinshui-Dlq-Reason"] for d in dead] == ["refused"]
+
+
+async def test_without_a_database_a_batch_is_taken_up_to_concurrency_at_once_and_each_acknowledged(env):
+    sent = [event(20 + i) for i in range(8)]
+    for ev in sent:
+        await publish(env, ev)
+    running, most, done = [0], [0], []
+
+    async def fold(_conn, ev) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.05)  # a put that waits on the server: the others go on meanwhile
+        running[0] -= 1
+        done.append(ev.id)
+
+    spec = ConsumerSpec(
+        durable="kit-idempotent",
+        stream=streams.REGISTRY,
+        subjects=["registry.household.registered.>"],
+        handler=fold,
+        batch=50,
+        concurrency=4,
+    )
+    c = InboxConsumer(pool=None, js=env.js, naming=env.naming, spec=spec)
+    env.tasks.append(asyncio.create_task(c.run()))
+    await eventually(lambda: len(done) >= 8, what="every event folded")
+    assert sorted(done) == sorted(e.id for e in sent) and 1 < most[0] <= 4
+
+    async def all_acked() -> bool:
+        info = await env.js.consumer_info(env.naming.stream(streams.REGISTRY), "kit-idempotent")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(all_acked, what="every message acknowledged")

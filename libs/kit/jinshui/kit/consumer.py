@@ -57,6 +57,8 @@ class ConsumerSpec:
     # handling; other events, and every event when a batch is retried one by one, go to `handler`.
     together: Callable[[asyncpg.Connection, list[CloudEvent]], Awaitable[None]] | None = None
     together_types: frozenset[str] = frozenset()
+    # Without a database: how many events of a batch the (idempotent) handler may take at once.
+    concurrency: int = 1
 
 
 def records_in(event: CloudEvent) -> int:
@@ -247,20 +249,24 @@ class InboxConsumer:
         run.clear()
 
     async def _apply_idempotent(self, events: list[tuple[Msg, CloudEvent]]) -> list[_Outcome]:
-        """Without a database the handler itself must be idempotent (e.g. a KV put of a final state)."""
-        outcomes: list[_Outcome] = []
-        for msg, ev in events:
-            try:
-                with telemetry.messaging_span("process", self.naming.unprefix(msg.subject), headers=msg.headers):
-                    await self.spec.handler(None, ev)
-                outcomes.append(_Outcome(msg, "ack"))
-            except Permanent as e:
-                outcomes.append(_Outcome(msg, "dlq", str(e)))
-            except Retry as e:
-                outcomes.append(self._transient(msg, str(e), e.delay))
-            except Exception as e:
-                outcomes.append(self._transient(msg, f"handler error: {_short(e)}", self.spec.retry_delay))
-        return outcomes
+        """Without a database the handler itself must be idempotent (e.g. a KV put of a final state); it may take
+        up to `concurrency` events at once (then it must not depend on their order)."""
+        slots = asyncio.Semaphore(max(1, self.spec.concurrency))
+
+        async def one(msg: Msg, ev: CloudEvent) -> _Outcome:
+            async with slots:
+                try:
+                    with telemetry.messaging_span("process", self.naming.unprefix(msg.subject), headers=msg.headers):
+                        await self.spec.handler(None, ev)
+                    return _Outcome(msg, "ack")
+                except Permanent as e:
+                    return _Outcome(msg, "dlq", str(e))
+                except Retry as e:
+                    return self._transient(msg, str(e), e.delay)
+                except Exception as e:
+                    return self._transient(msg, f"handler error: {_short(e)}", self.spec.retry_delay)
+
+        return list(await asyncio.gather(*(one(msg, ev) for msg, ev in events)))
 
     async def _forget(self, conn: asyncpg.Connection, event_id: str) -> None:
         await conn.execute("DELETE FROM inbox WHERE consumer = $1 AND event_id = $2", self.spec.durable, event_id)

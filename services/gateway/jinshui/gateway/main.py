@@ -48,7 +48,9 @@ def build(settings: GatewaySettings | None = None) -> Service:
 
     # Each owner settles the submissions it consumes; the gateway folds every verdict into the bucket.
     for durable, stream, subject in SETTLEMENTS:
-        svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[subject], handler=fold))
+        # A settlement is the final state of its own submission: several are folded at once (one KV put each,
+        # which waits on the server's disk), in any order.
+        svc.consumer(ConsumerSpec(durable=durable, stream=stream, subjects=[subject], handler=fold, concurrency=32))
 
     @svc.on_start
     async def _open(s: Service) -> None:
