@@ -387,6 +387,10 @@ def test_redact_masks_id_numbers_and_mobiles_but_not_other_numbers() -> None:
     assert "370502********1234" in out
     assert "138****5678" in out and "139****5678" in out
     assert "1764169200000" in out and "1234567890123456789" in out and "4bf92f3577b34da6a3ce929d0e0e4736" in out
+    # The shortest strings that can hold one (eleven digits and nothing else, or among Chinese text) are masked;
+    # strings with fewer digits come back as they are.
+    assert redact("13812345678") == "138****5678" and redact("电话13812345678。") == "电话138****5678。"
+    assert redact("1381234567") == "1381234567" and redact("金水小区7号楼101") == "金水小区7号楼101"
 
 
 def test_the_filter_scrubs_message_args_extras_and_tracebacks(log: tuple[logging.Logger, io.StringIO]) -> None:
