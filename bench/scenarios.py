@@ -765,6 +765,7 @@ async def sightings(env: BenchEnv, watch: Watch, size: Size) -> dict:
                     raise RuntimeError(f"watch-list {plate}: HTTP {r.status_code} {r.text[:300]}")
                 await asyncio.sleep(0.2)
 
+    raised0 = await env.subject_count("RISK", f"{ALERT_RAISED}.>")
     t = time.perf_counter()
     await asyncio.gather(*(listed(k, p) for k, p in enumerate(watched)))
     listed_s = time.perf_counter() - t
@@ -842,6 +843,7 @@ async def sightings(env: BenchEnv, watch: Watch, size: Size) -> dict:
     total = batches * BATCH
     last = max(seen.values(), default=t0)
     end_to_end_s = last - t0
+    raised = await env.subject_count("RISK", f"{ALERT_RAISED}.>") - raised0
     missed = len(watched) - len(seen)
     problems = []
     if missed:
@@ -857,6 +859,9 @@ async def sightings(env: BenchEnv, watch: Watch, size: Size) -> dict:
             "matching": len(watched),
             "alerts_seen": len(seen),
             "duplicate_alerts": duplicates[0],
+            "desk_reconnects": desk.reconnects,
+            "desk_other_events": desk.other_events,
+            "alerts_raised_in_stream": raised,
             "missed": missed,
             "accepted_rate": round(total / accepted_s, 1),
             "end_to_end_s": round(end_to_end_s, 2),

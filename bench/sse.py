@@ -36,6 +36,9 @@ class DeskClient:
         self.other_events: dict[str, int] = {}
         self._task: asyncio.Task | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.last_id: str | None = None  # the last SSE id received: sent back as Last-Event-ID on reconnecting
+        self.reconnects = 0  # streams the gateway ended with a reconnect hint (a slow client, a gateway stopping)
+        self._hinted = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"desk-{self.index}")
@@ -48,7 +51,16 @@ class DeskClient:
 
     async def _run(self) -> None:
         try:
-            await self._read()
+            while True:
+                self._hinted = False
+                await self._read()
+                if not self._hinted or self.reconnects >= 100:
+                    break
+                # As the desk console does: the gateway ended the stream (this client fell behind, or it is
+                # stopping) and asks to come back with Last-Event-ID; nothing is skipped or repeated.
+                self.reconnects += 1
+                if self._writer is not None:
+                    self._writer.close()
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -65,7 +77,8 @@ class DeskClient:
         writer.write(
             (
                 f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {self.token}\r\n"
-                "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+                + (f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else "")
+                + "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
             ).encode()
         )
         await writer.drain()
@@ -106,6 +119,8 @@ class DeskClient:
                 self.connected.set()
             elif line.startswith(b"event:"):
                 kind = line[6:].strip().decode()
+            elif line.startswith(b"id:"):
+                self.last_id = line[3:].strip().decode()
             elif line.startswith(b"data:"):
                 data = line[5:].strip()
         if kind == "alert":
@@ -121,5 +136,7 @@ class DeskClient:
                     self.on_raised(self, data, now)
                 return
             kind = event.get("type", "alert")
+        if kind == "reconnect":
+            self._hinted = True
         if kind != "message":
             self.other_events[kind] = self.other_events.get(kind, 0) + 1
