@@ -391,6 +391,10 @@ def test_redact_masks_id_numbers_and_mobiles_but_not_other_numbers() -> None:
     # strings with fewer digits come back as they are.
     assert redact("13812345678") == "138****5678" and redact("电话13812345678。") == "电话138****5678。"
     assert redact("1381234567") == "1381234567" and redact("金水小区7号楼101") == "金水小区7号楼101"
+    # A contract's time is left alone; a string that only starts like one is masked as any other.
+    assert redact("2026-11-27T13:59:12.345678+08:00") == "2026-11-27T13:59:12.345678+08:00"
+    for hiding in ("2026-11-27T13:59:12 13812345678", "2026-11-27T0:13812345678", "2026-11-27 13812345678"):
+        assert "13812345678" not in redact(hiding) and "138****5678" in redact(hiding)
 
 
 def test_the_filter_scrubs_message_args_extras_and_tracebacks(log: tuple[logging.Logger, io.StringIO]) -> None:

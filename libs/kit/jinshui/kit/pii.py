@@ -441,10 +441,26 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 
 
+def _is_timestamp(text: str) -> bool:
+    """An ISO 8601 time in the extended form the contracts write (2026-11-27T13:59:12.345678+08:00): its digit
+    runs are too short for a mobile or an ID number. The basic form (T135912345678) is not one: it could be."""
+    if not (19 <= len(text) <= 35 and text[4] == "-" and text[7] == "-" and text[10] == "T"):
+        return False
+    if text[13] != ":" or text[16] != ":":
+        return False
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def redact(text: str) -> str:
     """The text with anything shaped like an 18-character ID number or an 11-digit mobile masked."""
     if len(text) < 11 or len(text) - len(text.translate(_NO_DIGITS)) < 11:
         return text  # fewer than 11 digits: neither can be in it (most strings of a payload; cheap to tell)
+    if _is_timestamp(text):
+        return text  # an ISO 8601 time (a visit's, a sighting's): all digits, none of them a person's
     text = _ID_IN_TEXT.sub(lambda m: m.group(1) + "*" * 8 + m.group(2)[-4:], text)
     return _MOBILE_IN_TEXT.sub(lambda m: m.group(1) + "****" + m.group(2), text)
 
