@@ -28,10 +28,14 @@ def _busy(status: dict) -> list[str]:
 async def caught_up(stack, *, services=None, timeout: float = 60) -> None:
     """Wait until every service of `stack` (or those named) has published its outbox and has no message pending or
     awaiting its ack, twice in a row: one service's event may be what another's consumer has yet to take."""
-    urls = [stack.url(name) for name in (services or stack.services)]
+    await idle([stack.url(name) for name in (services or stack.services)], timeout=timeout)
+
+
+async def idle(urls: list[str], *, timeout: float = 60) -> None:
+    """`caught_up` for the services at these base URLs (a test that holds URLs, not the stack)."""
     clear, busy = 0, []
 
-    async def idle():
+    async def settled():
         nonlocal clear, busy
         busy = []
         async with httpx.AsyncClient(timeout=5) as http:
@@ -41,6 +45,6 @@ async def caught_up(stack, *, services=None, timeout: float = 60) -> None:
         return clear >= 2 or None
 
     try:
-        await eventually(idle, timeout=timeout, interval=0.1, what="every outbox published and every consumer idle")
+        await eventually(settled, timeout=timeout, interval=0.1, what="every outbox published and every consumer idle")
     except AssertionError as e:
         raise AssertionError(f"{e}; still in flight: {busy}") from None

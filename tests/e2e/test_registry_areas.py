@@ -7,8 +7,9 @@ import nats
 import orjson
 import pytest_asyncio
 
-from jinshui.kit.testing import eventually
 from jinshui.kit.tokens import issue_token
+
+from . import settle
 
 PROBLEM = "application/problem+json"
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXY"
@@ -50,15 +51,9 @@ class Registry(httpx.AsyncClient):
             await nc.close()
 
     async def published(self) -> None:
-        """Wait until the registry's outbox holds nothing unpublished: events committed with an answer reach the
-        stream a moment after the answer (the relay publishes them), so a test reads the stream only after this."""
-
-        async def drained():
-            async with httpx.AsyncClient(timeout=5) as c:
-                outbox = (await c.get(f"{self.registry_url}/status")).json().get("outbox", {})
-            return outbox.get("backlog") == 0
-
-        await eventually(drained, what="the registry's outbox to be published")
+        """Wait until the registry has published what it committed (events reach the stream a moment after the
+        answer: the outbox relay publishes them) and taken what it was sent, so a test reads the stream after this."""
+        await settle.idle([self.registry_url])
 
     async def events(self, type_suffix: str) -> list[dict]:
         """The events of this test's REGISTRY stream whose type ends so."""

@@ -16,6 +16,8 @@ import pytest_asyncio
 from jinshui.kit.testing import eventually, id_number
 from jinshui.kit.tokens import issue_token
 
+from . import settle
+
 WANG = id_number("37050219750312123")
 WANG_AGAIN = id_number("37050219750312204")  # the same man, entered a second time with a mistyped number
 ZHAO = id_number("41010219880808123")
@@ -43,20 +45,7 @@ class Community:
 
     async def caught_up(self) -> None:
         """Every event published and every consumer through its stream (twice in a row, so none was in flight)."""
-        clear = 0
-
-        async def idle():
-            nonlocal clear
-            status = (await self.http.get("/v1/ops/status", headers=self.auth("ops"))).json()
-            busy = any(
-                s.get("outbox", {}).get("backlog") or any(c["pending"] or c["awaiting_ack"] for c in s["consumers"])
-                for s in status["services"]
-                if s["service"] != "gateway"
-            )
-            clear = 0 if busy else clear + 1
-            return clear >= 2 or None
-
-        await eventually(idle, timeout=30, what="the services caught up with the registry")
+        await settle.caught_up(self.stack, timeout=30)
 
     async def call(self, call_id: str, **fields) -> None:
         call = {"call_id": call_id, "received_at": datetime.now(UTC).isoformat(), "category": "dispute", **fields}
