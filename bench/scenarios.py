@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bench.environment import BenchEnv, pipeline_delta
 from bench.http import LeanHttpError
@@ -276,8 +277,6 @@ class VisitTally:
         return self.totals[i - 1] if i else 0
 
     async def start(self, after_seq: int) -> None:
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
         async def on_msg(msg) -> None:
             subject = msg.subject
             if subject.startswith(VISITS_RECORDED + "."):

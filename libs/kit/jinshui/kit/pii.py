@@ -386,8 +386,7 @@ class Keyring:
 
     def seal(self, kind: Kind, normal: str) -> Protected:
         """Protect a value that normalize_id_number / normalize_phone already returned (no second validation)."""
-        masked = mask_id_number(normal) if kind == "id_number" else mask_phone(normal)
-        return self._protect(kind, normal, masked)
+        return Protected.model_construct(**self.seal_fields(kind, normal))
 
     def seal_fields(self, kind: Kind, normal: str) -> dict[str, str]:
         """seal() as the dict its model_dump() gives, with no model made: for bulk paths that store it as JSON."""

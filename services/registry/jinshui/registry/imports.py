@@ -40,11 +40,10 @@ from jinshui.kit import outbox
 from jinshui.kit.pii import Keyring, PersonalDataError, normalize_id_number, normalize_phone
 from jinshui.registry import codes
 from jinshui.registry.handlers import EXPIRY
-from jinshui.registry.outbox import NS, SOURCE, SUBJECT_OF, derived_id
+from jinshui.registry.outbox import SOURCE, SUBJECT_OF, derived_id
 from jinshui.registry.tags import SHANGHAI
 
 CHUNK = 1000
-_NS = NS.bytes
 SNIFF = 64 * 1024
 COLUMNS = {
     "household_code": ("户码", "户编码"),
@@ -277,17 +276,8 @@ def astuple_shallow(obj) -> tuple:
     return tuple(getattr(obj, f.name) for f in fields(obj))
 
 
-def fast_derived_id(*parts: str) -> str:
-    """derived_id (uuid5 in the registry's namespace) without making a UUID object: the same text, made faster."""
-    digest = bytearray(hashlib.sha1(_NS + ":".join(parts).encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = digest.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
-
-
 def residency_id(person_id: str, code: str) -> str:
-    return fast_derived_id("imported residency", person_id, code)
+    return derived_id("imported residency", person_id, code)
 
 
 def _json_time(moment: datetime, cache: dict[datetime, str]) -> str:
@@ -379,7 +369,7 @@ class Parser:
                 return bad(number, "expected_end", "not a date (YYYY-MM-DD) or time (ISO 8601)")
             if ends is not None and ends <= arrived:
                 return bad(number, "expected_end", "not after arrived_at")
-            person_id = fast_derived_id("person", id_number["hash"])
+            person_id = derived_id("person", id_number["hash"])
             history = {"person_id": person_id, "kind": kind, "arrived_at": arrived.isoformat(), "row": number}
             stored = {
                 "id": person_id,
@@ -408,7 +398,7 @@ class Parser:
         if made is None:
             made = self._addresses[address] = (
                 derived_code(address),
-                fast_derived_id("house", address),
+                derived_id("house", address),
             )
         row.derived = "" if code else made[0]
         row.house_id = made[1]
